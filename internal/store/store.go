@@ -1,0 +1,611 @@
+// Package store keeps provisioning operations in Azure Tables, with every write conditional
+// on the ETag the writer last read, so that duplicate or concurrent queue deliveries and
+// racing register calls cannot fork an operation.
+//
+// Layout, table "operations": PartitionKey = device ID; RowKey = operation ID for an
+// operation, and RowKey "current" for the device's link to its latest operation. Because the
+// link and the operation share a partition, creating an operation and moving the link is one
+// entity-group transaction, and reading an operation is a point read keyed by the caller's
+// own device ID, which makes other devices' operations invisible rather than forbidden.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode/utf16"
+	"unicode/utf8"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+
+	"github.com/iotprov/iotprov/internal/errcode"
+)
+
+// Table names. "devices" (device policy) is created here so that one EnsureTables call at
+// start prepares all of iotprov's tables; its contents belong to the policy code.
+const (
+	OperationsTable = "operations"
+	DevicesTable    = "devices"
+)
+
+// currentRowKey is the RowKey of a device's link to its current operation. Operation IDs are
+// never "current" (CreateOperation refuses it).
+const currentRowKey = "current"
+
+// Status is where an operation is in its lifecycle.
+type Status string
+
+const (
+	StatusQueued   Status = "queued"
+	StatusIssued   Status = "issued"
+	StatusAssigned Status = "assigned"
+	StatusFailed   Status = "failed"
+)
+
+// Terminal reports whether no further work will be done on an operation.
+func (s Status) Terminal() bool { return s == StatusAssigned || s == StatusFailed }
+
+func (s Status) valid() bool {
+	switch s {
+	case StatusQueued, StatusIssued, StatusAssigned, StatusFailed:
+		return true
+	}
+	return false
+}
+
+var (
+	// ErrNotFound: no such entity (for operations: none under that device, which is how
+	// other devices' operations look too).
+	ErrNotFound = errors.New("store: not found")
+	// ErrConflict: the entity changed since it was read (ETag mismatch) or already exists.
+	ErrConflict = errors.New("store: conflict")
+)
+
+// Operation is one provisioning run for one device.
+type Operation struct {
+	ID, DeviceID     string
+	Identity         string // "<method>:<subject>" of the credential that created it; polls must match
+	Status           Status
+	CSR              []byte // DER of the device's CSR, nil for a server-generated key
+	KeyAlgorithm     string
+	CertificatePEM   string // device certificate + intermediates, once issued
+	SealedKey        []byte // AES-GCM sealed PKCS#8 key (server-generated keys); nil for CSR or once erased
+	KeyErased        bool
+	Host             string // assigned IoT Hub
+	AssignedDeviceID string
+	DPSOperationID   string
+	ErrorCode        string
+	ErrorMessage     string
+	Attempts         int
+	NotBefore        time.Time // do not process before (throttling backoff); zero = now
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+	AssignedAt       time.Time
+	ETag             string // set by reads and writes; UpdateOperation requires it
+}
+
+// Current is a device's link to its latest operation.
+type Current struct {
+	DeviceID    string
+	OperationID string
+	CreatedAt   time.Time
+	ETag        string
+}
+
+// Store reads and writes operations. It is safe for concurrent use.
+type Store struct {
+	ops          *aztables.Client
+	svc          *aztables.ServiceClient
+	transactions atomic.Int64
+	now          func() time.Time // for UpdatedAt; replaced in tests
+}
+
+// New returns a Store over the given Tables service.
+func New(svc *aztables.ServiceClient) *Store {
+	return &Store{svc: svc, ops: svc.NewClient(OperationsTable), now: time.Now}
+}
+
+// Transactions returns how many storage requests this Store has made (for the benchmark).
+// A request the SDK retries counts once; a listed page counts once.
+func (s *Store) Transactions() int64 { return s.transactions.Load() }
+
+func (s *Store) count() { s.transactions.Add(1) }
+
+// EnsureTables creates the operations and devices tables if they are missing.
+func (s *Store) EnsureTables(ctx context.Context) error {
+	for _, name := range []string{OperationsTable, DevicesTable} {
+		s.count()
+		_, err := s.svc.CreateTable(ctx, name, nil)
+		if err != nil && !hasCode(err, aztables.TableAlreadyExists) {
+			return unavailable("create table "+name, err)
+		}
+	}
+	return nil
+}
+
+// GetCurrent returns the device's link to its current operation, or ErrNotFound.
+func (s *Store) GetCurrent(ctx context.Context, deviceID string) (*Current, error) {
+	if checkKey(deviceID) != nil {
+		return nil, ErrNotFound // cannot exist: we never write such a key
+	}
+	s.count()
+	resp, err := s.ops.GetEntity(ctx, deviceID, currentRowKey, nil)
+	if err != nil {
+		return nil, mapErr("get current", err)
+	}
+	var e aztables.EDMEntity
+	if err := json.Unmarshal(resp.Value, &e); err != nil {
+		return nil, fmt.Errorf("store: decode link of %q: %w", deviceID, err)
+	}
+	c := &Current{DeviceID: e.PartitionKey, ETag: string(resp.ETag)}
+	c.OperationID, _ = e.Properties["OperationID"].(string)
+	c.CreatedAt = timeProp(e.Properties, "CreatedAt")
+	return c, nil
+}
+
+// CreateOperation inserts op and points the device's link at it in one transaction:
+// it inserts the link when prev == nil, else replaces it only if its ETag is still
+// prev.ETag. ErrConflict when another register won the race (the link changed, or the
+// operation ID exists). On success op holds what was stored, including its ETag.
+func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Current) error {
+	if op.ID == currentRowKey {
+		return fmt.Errorf("store: operation ID %q is reserved", op.ID)
+	}
+	if prev != nil && (prev.DeviceID != op.DeviceID || prev.ETag == "") {
+		return fmt.Errorf("store: previous link must be the same device's, as read (with its ETag)")
+	}
+	now := s.now().UTC()
+	if op.CreatedAt.IsZero() {
+		op.CreatedAt = now
+	}
+	op.UpdatedAt = now
+	opJSON, err := marshalOperation(op)
+	if err != nil {
+		return err
+	}
+	linkJSON, err := json.Marshal(aztables.EDMEntity{
+		Entity: aztables.Entity{PartitionKey: op.DeviceID, RowKey: currentRowKey},
+		Properties: map[string]any{
+			"OperationID": op.ID,
+			"CreatedAt":   aztables.EDMDateTime(norm(op.CreatedAt)),
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("store: encode link: %w", err)
+	}
+	link := aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: linkJSON}
+	if prev != nil {
+		link.ActionType = aztables.TransactionTypeUpdateReplace
+		link.IfMatch = to.Ptr(azcore.ETag(prev.ETag))
+	}
+	s.count()
+	_, err = s.ops.SubmitTransaction(ctx, []aztables.TransactionAction{
+		{ActionType: aztables.TransactionTypeAdd, Entity: opJSON},
+		link,
+	}, nil)
+	if err != nil {
+		return mapErr("create operation", err)
+	}
+	// The transaction response carries no ETags (the SDK drops them), so read the operation
+	// back. Nothing else writes it before it is enqueued, so this is what we stored; take it
+	// whole anyway so that op and its ETag always belong together.
+	got, err := s.GetOperation(ctx, op.DeviceID, op.ID)
+	if err != nil {
+		return fmt.Errorf("store: read back created operation: %w", err)
+	}
+	*op = *got
+	return nil
+}
+
+// GetOperation returns the device's operation, or ErrNotFound — also when the ID is that
+// of another device's operation, or not a valid key at all.
+func (s *Store) GetOperation(ctx context.Context, deviceID, operationID string) (*Operation, error) {
+	if checkKey(deviceID) != nil || checkKey(operationID) != nil || operationID == currentRowKey {
+		return nil, ErrNotFound
+	}
+	s.count()
+	resp, err := s.ops.GetEntity(ctx, deviceID, operationID, nil)
+	if err != nil {
+		return nil, mapErr("get operation", err)
+	}
+	op, err := unmarshalOperation(resp.Value)
+	if err != nil {
+		return nil, err
+	}
+	op.ETag = string(resp.ETag)
+	return op, nil
+}
+
+// UpdateOperation replaces op if its ETag is still op.ETag (ErrConflict otherwise), and
+// sets UpdatedAt and the new ETag on op. Replace, not merge: a property set to its zero
+// value (an erased key) disappears from storage.
+func (s *Store) UpdateOperation(ctx context.Context, op *Operation) error {
+	if op.ETag == "" {
+		return errors.New("store: UpdateOperation needs the ETag of a read")
+	}
+	prevUpdated := op.UpdatedAt
+	op.UpdatedAt = s.now().UTC()
+	if err := s.replace(ctx, op); err != nil {
+		op.UpdatedAt = prevUpdated
+		return err
+	}
+	return nil
+}
+
+// replace writes op as is, conditional on op.ETag, and stores the new ETag in op.
+func (s *Store) replace(ctx context.Context, op *Operation) error {
+	b, err := marshalOperation(op)
+	if err != nil {
+		return err
+	}
+	s.count()
+	resp, err := s.ops.UpdateEntity(ctx, b, &aztables.UpdateEntityOptions{
+		UpdateMode: aztables.UpdateModeReplace,
+		IfMatch:    to.Ptr(azcore.ETag(op.ETag)),
+	})
+	if err != nil {
+		return mapErr("update operation", err)
+	}
+	op.ETag = string(resp.ETag)
+	op.CreatedAt, op.UpdatedAt, op.AssignedAt, op.NotBefore = norm(op.CreatedAt), norm(op.UpdatedAt), norm(op.AssignedAt), norm(op.NotBefore)
+	return nil
+}
+
+// Purge erases the sealed keys of assigned/failed operations whose AssignedAt (UpdatedAt
+// when unset) is older than now-keyRetention, and deletes operations of any status whose
+// UpdatedAt is older than now-opRetention, together with the device's link when it points
+// at the deleted operation. An operation idle that long is abandoned even if not terminal:
+// deleting it (and its link) lets the device start afresh. Writes are ETag-conditional;
+// an operation that changed meanwhile is skipped, not an error. Erasing a key does not
+// touch UpdatedAt, so it does not postpone the operation's deletion.
+func (s *Store) Purge(ctx context.Context, now time.Time, keyRetention, opRetention time.Duration) (keysErased, opsDeleted int, err error) {
+	keyCutoff := now.Add(-keyRetention).UTC()
+	opCutoff := now.Add(-opRetention).UTC()
+	// Only rows with an old enough timestamp can qualify; let the service filter them so a
+	// large table is not shipped here on every timer tick.
+	latest := keyCutoff
+	if opCutoff.After(latest) {
+		latest = opCutoff
+	}
+	lit := "datetime'" + norm(latest).Format("2006-01-02T15:04:05.0000000Z") + "'"
+	filter := fmt.Sprintf("RowKey ne '%s' and (UpdatedAt lt %s or AssignedAt lt %s)", currentRowKey, lit, lit)
+	pager := s.ops.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
+	for pager.More() {
+		s.count()
+		page, perr := pager.NextPage(ctx)
+		if perr != nil {
+			return keysErased, opsDeleted, mapErr("list operations", perr)
+		}
+		for _, raw := range page.Entities {
+			op, derr := unmarshalOperation(raw)
+			if derr != nil {
+				// One corrupt row must not stop the purge of the rest (nor be retried
+				// forever); it stays for an operator to look at.
+				continue
+			}
+			if !op.UpdatedAt.IsZero() && op.UpdatedAt.Before(opCutoff) {
+				deleted, derr := s.deleteOperation(ctx, op)
+				if derr != nil {
+					return keysErased, opsDeleted, derr
+				}
+				if deleted {
+					opsDeleted++
+				}
+				continue
+			}
+			ref := op.AssignedAt
+			if ref.IsZero() {
+				ref = op.UpdatedAt
+			}
+			if op.Status.Terminal() && len(op.SealedKey) > 0 && !ref.IsZero() && ref.Before(keyCutoff) {
+				op.SealedKey, op.KeyErased = nil, true
+				switch werr := s.replace(ctx, op); {
+				case werr == nil:
+					keysErased++
+				case errors.Is(werr, ErrConflict), errors.Is(werr, ErrNotFound):
+				default:
+					return keysErased, opsDeleted, werr
+				}
+			}
+		}
+	}
+	return keysErased, opsDeleted, nil
+}
+
+// deleteOperation deletes op (as read) and, in the same transaction, the device's link if
+// it points at op. false, nil when something changed meanwhile.
+func (s *Store) deleteOperation(ctx context.Context, op *Operation) (bool, error) {
+	keys := func(pk, rk string) []byte {
+		b, _ := json.Marshal(map[string]string{"PartitionKey": pk, "RowKey": rk})
+		return b
+	}
+	actions := []aztables.TransactionAction{{
+		ActionType: aztables.TransactionTypeDelete,
+		Entity:     keys(op.DeviceID, op.ID),
+		IfMatch:    to.Ptr(azcore.ETag(op.ETag)),
+	}}
+	cur, err := s.GetCurrent(ctx, op.DeviceID)
+	switch {
+	case err == nil && cur.OperationID == op.ID:
+		actions = append(actions, aztables.TransactionAction{
+			ActionType: aztables.TransactionTypeDelete,
+			Entity:     keys(op.DeviceID, currentRowKey),
+			IfMatch:    to.Ptr(azcore.ETag(cur.ETag)),
+		})
+	case err == nil, errors.Is(err, ErrNotFound):
+	default:
+		return false, err
+	}
+	s.count()
+	if _, err := s.ops.SubmitTransaction(ctx, actions, nil); err != nil {
+		err = mapErr("delete operation", err)
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// Tables limits: a string property holds at most 32K UTF-16 code units, a binary one 64 KiB,
+// keys at most 1 KiB; an entity at most 1 MiB (which the per-property limits below keep us
+// far from: the largest properties are a certificate chain and a CSR).
+const (
+	maxStringUnits = 32 << 10
+	maxBinary      = 64 << 10
+	maxKey         = 512 // our keys are device and operation IDs: far shorter in practice
+	// ErrorMessage comes partly from DPS; store a bounded prefix rather than fail the write.
+	maxErrorMessage = 1024
+)
+
+// checkKey refuses what Tables forbids in PartitionKey/RowKey: / \ # ? and control
+// characters, and over-long keys.
+func checkKey(k string) error {
+	if k == "" || len(k) > maxKey || !utf8.ValidString(k) {
+		return errors.New("store: invalid key")
+	}
+	for _, r := range k {
+		if r == '/' || r == '\\' || r == '#' || r == '?' || r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+			return errors.New("store: invalid key")
+		}
+	}
+	return nil
+}
+
+func marshalOperation(op *Operation) ([]byte, error) {
+	if err := checkKey(op.DeviceID); err != nil {
+		return nil, fmt.Errorf("store: device ID: %w", err)
+	}
+	if err := checkKey(op.ID); err != nil {
+		return nil, fmt.Errorf("store: operation ID: %w", err)
+	}
+	if !op.Status.valid() {
+		return nil, fmt.Errorf("store: invalid status %q", op.Status)
+	}
+	if op.Attempts < 0 || op.Attempts > 1<<30 {
+		return nil, fmt.Errorf("store: attempts out of range")
+	}
+	op.ErrorMessage = truncate(op.ErrorMessage, maxErrorMessage)
+	p := map[string]any{
+		"Status":   string(op.Status),
+		"Attempts": int32(op.Attempts),
+	}
+	if op.KeyErased {
+		p["KeyErased"] = true
+	}
+	for name, v := range map[string]string{
+		"Identity": op.Identity, "KeyAlgorithm": op.KeyAlgorithm, "CertificatePEM": op.CertificatePEM,
+		"Host": op.Host, "AssignedDeviceID": op.AssignedDeviceID, "DPSOperationID": op.DPSOperationID,
+		"ErrorCode": op.ErrorCode, "ErrorMessage": op.ErrorMessage,
+	} {
+		if v == "" {
+			continue
+		}
+		if !utf8.ValidString(v) || len(utf16.Encode([]rune(v))) > maxStringUnits {
+			return nil, fmt.Errorf("store: %s too large or not UTF-8", name)
+		}
+		p[name] = v
+	}
+	for name, v := range map[string][]byte{"CSR": op.CSR, "SealedKey": op.SealedKey} {
+		if v == nil {
+			continue
+		}
+		if len(v) > maxBinary {
+			return nil, fmt.Errorf("store: %s larger than %d bytes", name, maxBinary)
+		}
+		p[name] = aztables.EDMBinary(v)
+	}
+	// Zero times are left out: Tables' DateTime starts in 1601, and absent reads back as zero.
+	for name, v := range map[string]time.Time{
+		"NotBefore": op.NotBefore, "CreatedAt": op.CreatedAt, "UpdatedAt": op.UpdatedAt, "AssignedAt": op.AssignedAt,
+	} {
+		if v.IsZero() {
+			continue
+		}
+		p[name] = aztables.EDMDateTime(norm(v))
+	}
+	b, err := json.Marshal(aztables.EDMEntity{
+		Entity:     aztables.Entity{PartitionKey: op.DeviceID, RowKey: op.ID},
+		Properties: p,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: encode operation: %w", err)
+	}
+	return b, nil
+}
+
+func unmarshalOperation(b []byte) (*Operation, error) {
+	var e aztables.EDMEntity
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("store: decode operation: %w", err)
+	}
+	p := e.Properties
+	str := func(k string) string { v, _ := p[k].(string); return v }
+	bin := func(k string) []byte {
+		if v, ok := p[k].(aztables.EDMBinary); ok {
+			return []byte(v)
+		}
+		return nil
+	}
+	op := &Operation{
+		ID:               e.RowKey,
+		DeviceID:         e.PartitionKey,
+		Identity:         str("Identity"),
+		Status:           Status(str("Status")),
+		CSR:              bin("CSR"),
+		KeyAlgorithm:     str("KeyAlgorithm"),
+		CertificatePEM:   str("CertificatePEM"),
+		SealedKey:        bin("SealedKey"),
+		Host:             str("Host"),
+		AssignedDeviceID: str("AssignedDeviceID"),
+		DPSOperationID:   str("DPSOperationID"),
+		ErrorCode:        str("ErrorCode"),
+		ErrorMessage:     str("ErrorMessage"),
+		NotBefore:        timeProp(p, "NotBefore"),
+		CreatedAt:        timeProp(p, "CreatedAt"),
+		UpdatedAt:        timeProp(p, "UpdatedAt"),
+		AssignedAt:       timeProp(p, "AssignedAt"),
+		ETag:             e.ETag,
+	}
+	op.KeyErased, _ = p["KeyErased"].(bool)
+	switch v := p["Attempts"].(type) {
+	case int32:
+		op.Attempts = int(v)
+	case aztables.EDMInt64:
+		op.Attempts = int(v)
+	case float64:
+		op.Attempts = int(v)
+	}
+	if !op.Status.valid() {
+		return nil, fmt.Errorf("store: operation %s/%s has invalid status %q", op.DeviceID, op.ID, op.Status)
+	}
+	return op, nil
+}
+
+func timeProp(p map[string]any, k string) time.Time {
+	if v, ok := p[k].(aztables.EDMDateTime); ok {
+		return time.Time(v).UTC()
+	}
+	return time.Time{}
+}
+
+// norm is the form in which times are stored: UTC (the SDK formats with a literal "Z"
+// whatever the location) at millisecond precision (what every Tables implementation keeps,
+// Azurite included), so that a value read back equals the value written.
+func norm(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC().Truncate(time.Millisecond)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	s = s[:n]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s
+}
+
+// mapErr turns a storage error into ErrNotFound, ErrConflict, or a 503 that carries the
+// cause for the logs.
+func mapErr(what string, err error) error {
+	var re *azcore.ResponseError
+	if errors.As(err, &re) {
+		switch {
+		case hasCode(err, aztables.EntityAlreadyExists, aztables.UpdateConditionNotSatisfied):
+			return fmt.Errorf("%w: %s", ErrConflict, what)
+		case hasCode(err, aztables.TableNotFound):
+			// A missing table is a deployment fault, not a missing entity.
+		case hasCode(err, aztables.ResourceNotFound, aztables.EntityNotFound):
+			return fmt.Errorf("%w: %s", ErrNotFound, what)
+		case re.StatusCode == http.StatusConflict || re.StatusCode == http.StatusPreconditionFailed:
+			return fmt.Errorf("%w: %s", ErrConflict, what)
+		case re.StatusCode == http.StatusNotFound:
+			return fmt.Errorf("%w: %s", ErrNotFound, what)
+		case re.StatusCode == http.StatusAccepted:
+			// A failed transaction whose sub-response carried no code we know: go by
+			// the sub-response's status.
+			switch transactionStatus(transactionErrorBody(re)) {
+			case http.StatusConflict, http.StatusPreconditionFailed:
+				return fmt.Errorf("%w: %s", ErrConflict, what)
+			case http.StatusNotFound:
+				return fmt.Errorf("%w: %s", ErrNotFound, what)
+			}
+		}
+	}
+	return unavailable(what, err)
+}
+
+func unavailable(what string, err error) error {
+	return errcode.Wrap(fmt.Errorf("store: %s: %w", what, err), http.StatusServiceUnavailable,
+		errcode.CodeUnavailable, "The service is temporarily unavailable; try again later.").
+		WithRetryAfter(5 * time.Second)
+}
+
+// hasCode reports whether err is a storage response error with one of codes. A failed
+// entity-group transaction comes back as a 202 whose multipart body holds the failing
+// sub-request's error, so its code is looked for in the body too.
+func hasCode(err error, codes ...aztables.TableErrorCode) bool {
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, c := range codes {
+		if re.ErrorCode == string(c) {
+			return true
+		}
+	}
+	if re.StatusCode != http.StatusAccepted {
+		return false
+	}
+	body := transactionErrorBody(re)
+	for _, c := range codes {
+		if strings.Contains(body, `"`+string(c)+`"`) {
+			return true
+		}
+	}
+	return false
+}
+
+// transactionErrorBody returns the (bounded) body of a failed transaction's response.
+func transactionErrorBody(re *azcore.ResponseError) string {
+	if re.RawResponse == nil {
+		return ""
+	}
+	b, err := runtime.Payload(re.RawResponse)
+	if err != nil {
+		return ""
+	}
+	if len(b) > 64<<10 {
+		b = b[:64<<10]
+	}
+	return string(b)
+}
+
+// transactionStatus returns the status of the first failed sub-response ("HTTP/1.1 412 …")
+// in a transaction's multipart response body, or 0.
+func transactionStatus(body string) int {
+	for _, line := range strings.Split(body, "\n") {
+		rest, ok := strings.CutPrefix(strings.TrimSpace(line), "HTTP/1.1 ")
+		if !ok || len(rest) < 3 {
+			continue
+		}
+		if code, err := strconv.Atoi(rest[:3]); err == nil && code >= 400 {
+			return code
+		}
+	}
+	return 0
+}
