@@ -1,0 +1,145 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/iotprov/iotprov/internal/auth"
+	"github.com/iotprov/iotprov/internal/ca"
+	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/queue"
+	"github.com/iotprov/iotprov/internal/store"
+)
+
+// registerRequest is the optional register body.
+type registerRequest struct {
+	CSR string `json:"csr"`
+}
+
+// operationStatus is the answer while an operation is in flight.
+type operationStatus struct {
+	OperationID string `json:"operationId"`
+	Status      string `json:"status"`
+}
+
+// statusAssigning is what devices see for every state before assigned or failed.
+const statusAssigning = "assigning"
+
+// raceRetries bounds how often register re-reads after losing a race to a concurrent
+// register of the same device; losing more than this means something is wrong.
+const raceRetries = 3
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		s.methodNotAllowed(w, r, http.MethodPost)
+		return
+	}
+	identity, deviceID, err := s.authenticate(r)
+	if err != nil {
+		s.renderError(w, r, err)
+		return
+	}
+	var req registerRequest
+	if _, err := readJSON(w, r, &req); err != nil {
+		s.renderError(w, r, err)
+		return
+	}
+	var csrDER []byte
+	if req.CSR != "" {
+		csr, err := ca.ParseCSR([]byte(req.CSR))
+		if err != nil {
+			s.renderError(w, r, err)
+			return
+		}
+		csrDER = csr.Raw
+	}
+	op, err := s.register(r.Context(), identity, deviceID, csrDER)
+	if err != nil {
+		s.renderError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", RegistrationsPath+op.ID)
+	setRetryAfter(w, s.pollInterval())
+	renderJSON(w, http.StatusAccepted, operationStatus{OperationID: op.ID, Status: statusAssigning})
+}
+
+// pollInterval is the Retry-After a device gets while its operation is in flight.
+func (s *Server) pollInterval() time.Duration {
+	if s.RetryAfter > 0 {
+		return s.RetryAfter
+	}
+	return retryAfterDefault
+}
+
+// register returns the device's in-flight operation, or creates, records and enqueues a
+// new one. The operation and the device's link to it are written in one transaction, so
+// concurrent registers of one device agree on one operation.
+func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID string, csrDER []byte) (*store.Operation, error) {
+	log := s.Log.With("deviceId", deviceID, "auth", identity.Method)
+	for attempt := 0; ; attempt++ {
+		cur, err := s.Ops.GetCurrent(ctx, deviceID)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			cur = nil
+		case err != nil:
+			return nil, unavailable(err)
+		}
+		if cur != nil {
+			prev, err := s.Ops.GetOperation(ctx, deviceID, cur.OperationID)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				// The linked operation was purged: the device starts afresh.
+			case err != nil:
+				return nil, unavailable(err)
+			case !prev.Status.Terminal():
+				log.Info("register: operation already in flight", "operationId", prev.ID)
+				return prev, nil
+			default:
+				if wait := cur.CreatedAt.Add(s.MinInterval).Sub(s.now()); wait > 0 {
+					return nil, errcode.New(http.StatusTooManyRequests, errcode.CodeTooManyRequests,
+						"This device registered recently; retry after the interval.").WithRetryAfter(wait)
+				}
+			}
+		}
+		now := s.now().UTC()
+		op := &store.Operation{
+			ID:        s.NewID(),
+			DeviceID:  deviceID,
+			Identity:  identity.Key(),
+			Status:    store.StatusQueued,
+			CSR:       csrDER,
+			CreatedAt: now,
+			UpdatedAt: now,
+		}
+		err = s.Ops.CreateOperation(ctx, op, cur)
+		if errors.Is(err, store.ErrConflict) && attempt < raceRetries {
+			continue // another register of this device won; return its operation
+		}
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		if err := s.Queue.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: deviceID}, 0); err != nil {
+			s.abandon(ctx, log, op)
+			return nil, unavailable(err)
+		}
+		log.Info("register: operation created", "operationId", op.ID, "csr", csrDER != nil)
+		return op, nil
+	}
+}
+
+// abandon marks an operation that could not be enqueued as failed, so the device's next
+// register starts a new one instead of waiting on work nobody will do.
+func (s *Server) abandon(ctx context.Context, log *slog.Logger, op *store.Operation) {
+	op.Status = store.StatusFailed
+	op.ErrorCode = errcode.CodeUnavailable
+	op.ErrorMessage = "The operation could not be queued; register again."
+	if err := s.Ops.UpdateOperation(ctx, op); err != nil {
+		log.Error("register: could not mark unqueued operation failed", "operationId", op.ID, "err", err)
+	}
+}
+
+// retryAfterDefault is used when the server is built without a RetryAfter.
+const retryAfterDefault = 2 * time.Second

@@ -1,0 +1,359 @@
+// Package provision is the worker behind the provision queue (boulder's "RA" for this
+// service): it moves one operation through queued → issued → assigned (or failed),
+// issuing the certificate with the Key Vault–held CA and registering the device with DPS
+// on its behalf. Every transition is an ETag-conditional write, so duplicate or
+// concurrent deliveries of one message cannot fork an operation.
+package provision
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/iotprov/iotprov/internal/ca"
+	"github.com/iotprov/iotprov/internal/dps"
+	"github.com/iotprov/iotprov/internal/queue"
+	"github.com/iotprov/iotprov/internal/store"
+)
+
+// Operations is the part of the store the worker uses.
+type Operations interface {
+	GetOperation(ctx context.Context, deviceID, operationID string) (*store.Operation, error)
+	UpdateOperation(ctx context.Context, op *store.Operation) error
+	Purge(ctx context.Context, now time.Time, keyRetention, opRetention time.Duration) (int, int, error)
+}
+
+// Enqueuer puts an operation back on the queue with a delay (throttling, outages).
+type Enqueuer interface {
+	Enqueue(ctx context.Context, m queue.Message, delay time.Duration) error
+}
+
+// Authorities yields the current signing CA (AuthorityLoader).
+type Authorities interface {
+	Authority(ctx context.Context) (*ca.Authority, error)
+}
+
+// KeySealer encrypts private keys at rest (DataKeySealer).
+type KeySealer interface {
+	Seal(ctx context.Context, plaintext []byte, operationID, deviceID string) ([]byte, error)
+	Open(ctx context.Context, sealed []byte, operationID, deviceID string) ([]byte, error)
+}
+
+// Registrar registers a device with DPS (dps.Client).
+type Registrar interface {
+	RegisterAndWait(ctx context.Context, registrationID string, cert tls.Certificate) (*dps.Operation, error)
+}
+
+// Error codes recorded on failed operations.
+const (
+	CodeDPSRegistrationFailed = "dps_registration_failed"
+	CodeRetriesExhausted      = "provisioning_retries_exhausted"
+	CodeDeliveryExhausted     = "provisioning_failed"
+	CodeBadOperation          = "invalid_operation"
+)
+
+// Worker provisions operations.
+type Worker struct {
+	Ops          Operations
+	Queue        Enqueuer
+	CA           Authorities
+	Keys         KeySealer
+	DPS          Registrar
+	Profile      *ca.Profile // device certificates
+	RegProfile   *ca.Profile // short-lived certificates for registering CSR devices with DPS
+	KeyAlgorithm ca.KeyAlgorithm
+
+	MaxDequeueCount int64         // host.json maxDequeueCount
+	MaxAttempts     int           // deferrals before an operation fails
+	DPSTimeout      time.Duration // one register-and-poll attempt
+	KeyRetention    time.Duration
+	OpRetention     time.Duration
+	Now             func() time.Time
+	Log             *slog.Logger
+}
+
+// transientError defers an operation: it goes back on the queue after Delay, and its
+// attempt count grows, without burning the message's dequeue count.
+type transientError struct {
+	Delay   time.Duration
+	Code    string // recorded if the attempts run out
+	Message string
+	Cause   error
+}
+
+func (e *transientError) Error() string { return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Cause) }
+func (e *transientError) Unwrap() error { return e.Cause }
+
+// permanentError fails the operation at once.
+type permanentError struct {
+	Code, Message string
+	Cause         error
+}
+
+func (e *permanentError) Error() string { return fmt.Sprintf("%s: %s: %v", e.Code, e.Message, e.Cause) }
+func (e *permanentError) Unwrap() error { return e.Cause }
+
+// Provision runs one delivery of a queue message. A nil error acknowledges the message;
+// an error asks the host to redeliver it, which only helps for failures a retry can fix
+// (storage blips); everything else is recorded on the operation.
+func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount int64) error {
+	log := w.logger().With("operationId", msg.OperationID, "deviceId", msg.DeviceID, "dequeueCount", dequeueCount)
+	op, err := w.Ops.GetOperation(ctx, msg.DeviceID, msg.OperationID)
+	if errors.Is(err, store.ErrNotFound) {
+		// Purged, or never created: nothing to do, and retrying would only feed the poison queue.
+		log.Warn("provision: unknown operation, message acknowledged")
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("provision: read operation: %w", err)
+	}
+	for {
+		if op.Status.Terminal() {
+			log.Info("provision: operation already finished", "status", op.Status)
+			return nil
+		}
+		var step error
+		switch op.Status {
+		case store.StatusQueued:
+			step = w.issue(ctx, op)
+		case store.StatusIssued:
+			step = w.register(ctx, op)
+		default:
+			step = &permanentError{Code: CodeBadOperation, Message: "The operation is in an unknown state.",
+				Cause: fmt.Errorf("status %q", op.Status)}
+		}
+		if step == nil {
+			log.Info("provision: step done", "status", op.Status)
+			continue
+		}
+		var (
+			transient *transientError
+			permanent *permanentError
+		)
+		switch {
+		case errors.Is(step, store.ErrConflict):
+			// Another delivery moved the operation on: continue from what it wrote.
+			log.Info("provision: concurrent update, reloading")
+			if op, err = w.Ops.GetOperation(ctx, msg.DeviceID, msg.OperationID); err != nil {
+				return fmt.Errorf("provision: reload operation: %w", err)
+			}
+			continue
+		case errors.As(step, &transient):
+			return w.deferOperation(ctx, log, op, msg, transient)
+		case errors.As(step, &permanent):
+			return w.fail(ctx, log, op, permanent.Code, permanent.Message, permanent.Cause)
+		case dequeueCount >= w.MaxDequeueCount:
+			// The host will not deliver this message again: record why instead of leaving
+			// the device polling an operation that never ends.
+			return w.fail(ctx, log, op, CodeDeliveryExhausted,
+				"Provisioning failed repeatedly; register again.", step)
+		default:
+			log.Warn("provision: step failed, host will redeliver", "err", step)
+			return step
+		}
+	}
+}
+
+// issue signs the device certificate and stores it (with the sealed key) before DPS is
+// called, so a redelivery resumes with the same certificate.
+func (w *Worker) issue(ctx context.Context, op *store.Operation) error {
+	authority, err := w.CA.Authority(ctx)
+	if err != nil {
+		return &transientError{Delay: time.Minute, Code: "ca_unavailable",
+			Message: "The signing CA is not available.", Cause: err}
+	}
+	var (
+		pub    crypto.PublicKey
+		keyPEM []byte
+	)
+	if op.CSR != nil {
+		csr, err := x509.ParseCertificateRequest(op.CSR)
+		if err != nil {
+			return &permanentError{Code: "invalid_csr", Message: "The stored CSR cannot be read.", Cause: err}
+		}
+		pub = csr.PublicKey
+	} else {
+		key, err := ca.GenerateKey(w.KeyAlgorithm)
+		if err != nil {
+			return fmt.Errorf("generate key: %w", err)
+		}
+		if keyPEM, err = ca.MarshalPrivateKeyPEM(key); err != nil {
+			return fmt.Errorf("marshal key: %w", err)
+		}
+		pub = key.Public()
+	}
+	issued, err := w.Profile.Issue(authority, ca.Request{DeviceID: op.DeviceID, PublicKey: pub}, w.now())
+	if err != nil {
+		return &permanentError{Code: "issuance_failed", Message: "The certificate could not be issued.", Cause: err}
+	}
+	if keyPEM != nil {
+		sealed, err := w.Keys.Seal(ctx, keyPEM, op.ID, op.DeviceID)
+		if err != nil {
+			return &transientError{Delay: 30 * time.Second, Code: "data_key_unavailable",
+				Message: "The data key is not available.", Cause: err}
+		}
+		op.SealedKey = sealed
+		op.KeyAlgorithm = string(w.KeyAlgorithm)
+	}
+	op.CertificatePEM = string(issued.ChainPEM)
+	op.Status = store.StatusIssued
+	return w.Ops.UpdateOperation(ctx, op)
+}
+
+// register registers the device with DPS over mutual TLS and records the assignment.
+func (w *Worker) register(ctx context.Context, op *store.Operation) error {
+	cert, err := w.dpsCredential(ctx, op)
+	if err != nil {
+		return err
+	}
+	dctx, cancel := context.WithTimeout(ctx, w.DPSTimeout)
+	defer cancel()
+	res, err := w.DPS.RegisterAndWait(dctx, op.DeviceID, cert)
+	if err != nil {
+		return w.classifyDPSError(op, err)
+	}
+	if res.State == nil || res.State.AssignedHub == "" || res.State.DeviceID == "" {
+		return &permanentError{Code: CodeDPSRegistrationFailed, Message: "DPS assigned the device without a hub or device ID."}
+	}
+	now := w.now().UTC()
+	op.Status = store.StatusAssigned
+	op.Host = res.State.AssignedHub
+	op.AssignedDeviceID = res.State.DeviceID
+	op.DPSOperationID = res.OperationID
+	op.AssignedAt = now
+	op.ErrorCode, op.ErrorMessage = "", ""
+	return w.Ops.UpdateOperation(ctx, op)
+}
+
+func (w *Worker) classifyDPSError(op *store.Operation, err error) error {
+	var derr *dps.Error
+	if errors.As(err, &derr) && !derr.Transient() {
+		msg := fmt.Sprintf("DPS refused the registration (HTTP %d, errorCode %d): %s", derr.StatusCode, derr.ErrorCode, derr.Message)
+		return &permanentError{Code: CodeDPSRegistrationFailed, Message: msg, Cause: err}
+	}
+	delay := backoff(op.Attempts)
+	if derr != nil && derr.RetryAfter > 0 {
+		delay = derr.RetryAfter + jitter(derr.RetryAfter)
+	}
+	return &transientError{Delay: delay, Code: "dps_unavailable",
+		Message: "DPS did not complete the registration in time.", Cause: err}
+}
+
+// dpsCredential is the client certificate the worker presents to DPS. For a
+// server-generated key it is the device's own certificate; for a CSR the service never
+// holds the device's key, so it registers with a short-lived certificate for the same
+// device ID from the same CA (DPS and IoT Hub authenticate the device by CA and CN).
+func (w *Worker) dpsCredential(ctx context.Context, op *store.Operation) (tls.Certificate, error) {
+	if op.CSR == nil {
+		keyPEM, err := w.Keys.Open(ctx, op.SealedKey, op.ID, op.DeviceID)
+		if err != nil {
+			return tls.Certificate{}, &transientError{Delay: 30 * time.Second, Code: "data_key_unavailable",
+				Message: "The data key is not available.", Cause: err}
+		}
+		cert, err := tls.X509KeyPair([]byte(op.CertificatePEM), keyPEM)
+		if err != nil {
+			return tls.Certificate{}, &permanentError{Code: "issuance_failed", Message: "The stored credentials are unusable.", Cause: err}
+		}
+		return cert, nil
+	}
+	authority, err := w.CA.Authority(ctx)
+	if err != nil {
+		return tls.Certificate{}, &transientError{Delay: time.Minute, Code: "ca_unavailable",
+			Message: "The signing CA is not available.", Cause: err}
+	}
+	key, err := ca.GenerateKey(ca.ECDSAP256)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	issued, err := w.RegProfile.Issue(authority, ca.Request{DeviceID: op.DeviceID, PublicKey: key.Public()}, w.now())
+	if err != nil {
+		return tls.Certificate{}, &permanentError{Code: "issuance_failed", Message: "The registration certificate could not be issued.", Cause: err}
+	}
+	keyPEM, err := ca.MarshalPrivateKeyPEM(key)
+	if err != nil {
+		return tls.Certificate{}, err
+	}
+	return tls.X509KeyPair(issued.ChainPEM, keyPEM)
+}
+
+// deferOperation records the attempt and puts the operation back on the queue after the
+// delay. The message is acknowledged, so throttling never counts against maxDequeueCount.
+func (w *Worker) deferOperation(ctx context.Context, log *slog.Logger, op *store.Operation, msg queue.Message, t *transientError) error {
+	op.Attempts++
+	if op.Attempts >= w.MaxAttempts {
+		return w.fail(ctx, log, op, CodeRetriesExhausted, t.Message+" Retries exhausted.", t)
+	}
+	op.ErrorCode, op.ErrorMessage = t.Code, t.Message // last transient error, for operators
+	if err := w.Ops.UpdateOperation(ctx, op); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			log.Info("provision: operation moved on while deferring; acknowledged")
+			return nil // the other delivery owns it now
+		}
+		return fmt.Errorf("provision: record attempt: %w", err)
+	}
+	if err := w.Queue.Enqueue(ctx, msg, t.Delay); err != nil {
+		return fmt.Errorf("provision: re-enqueue: %w", err)
+	}
+	log.Warn("provision: deferred", "code", t.Code, "attempt", op.Attempts, "delay", t.Delay.Round(time.Millisecond), "err", t.Cause)
+	return nil
+}
+
+// fail ends the operation with a stable code and a message the device may see.
+func (w *Worker) fail(ctx context.Context, log *slog.Logger, op *store.Operation, code, message string, cause error) error {
+	op.Status = store.StatusFailed
+	op.ErrorCode, op.ErrorMessage = code, message
+	op.AssignedAt = w.now().UTC() // when it ended: the key-retention clock starts here
+	if err := w.Ops.UpdateOperation(ctx, op); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil
+		}
+		return fmt.Errorf("provision: record failure: %w", err)
+	}
+	log.Error("provision: operation failed", "code", code, "err", cause)
+	return nil
+}
+
+// Purge erases key material past its retention and deletes old operations.
+func (w *Worker) Purge(ctx context.Context) error {
+	keys, ops, err := w.Ops.Purge(ctx, w.now(), w.KeyRetention, w.OpRetention)
+	w.logger().Info("purge", "keysErased", keys, "operationsDeleted", ops, "err", err)
+	return err
+}
+
+func (w *Worker) now() time.Time {
+	if w.Now != nil {
+		return w.Now()
+	}
+	return time.Now()
+}
+
+func (w *Worker) logger() *slog.Logger {
+	if w.Log != nil {
+		return w.Log
+	}
+	return slog.Default()
+}
+
+// backoff is exponential from 2 s, capped at 5 min, with jitter, for transient failures
+// that came without a Retry-After.
+func backoff(attempt int) time.Duration {
+	d := 2 * time.Second
+	for i := 0; i < attempt && d < 5*time.Minute; i++ {
+		d *= 2
+	}
+	d = min(d, 5*time.Minute)
+	return d + jitter(d)
+}
+
+// jitter spreads a burst of deferred operations over up to a fifth of d (at least 1 s),
+// so they do not all return to DPS in the same second.
+func jitter(d time.Duration) time.Duration {
+	span := max(d/5, time.Second)
+	return rand.N(span)
+}
