@@ -1,0 +1,403 @@
+package devstack
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Ports of the local stack. The defaults are what README and local.settings.sample.json
+// use; tests pass free ports.
+type Ports struct {
+	Blob, Queue, Table, DPS, MQTT, API int
+}
+
+// DefaultPorts are Azurite's defaults, 8443 for DPS, 8883 for MQTT over TLS and the
+// Functions host's 7071.
+var DefaultPorts = Ports{Blob: 10000, Queue: 10001, Table: 10002, DPS: 8443, MQTT: 8883, API: 7071}
+
+// Options configure a stack.
+type Options struct {
+	Dir         string            // the .local folder (material, data, generated configs)
+	Ports       Ports             // zero → DefaultPorts
+	BinDir      string            // holds the handler and dpsemu binaries
+	AzuriteBin  string            // the azurite executable
+	Settings    map[string]string // the handler's app settings (local.settings.json Values); the stack's ports and paths win
+	DPSEnv      []string          // DPSEMU_* knobs for the emulator
+	NoMosquitto bool              // run without the IoT Hub stand-in
+	Log         io.Writer         // where the processes' output goes, line-prefixed
+}
+
+// Stack is a running local stack.
+type Stack struct {
+	opts     Options
+	Material Material
+	BaseURL  string
+
+	mu      sync.Mutex
+	procs   map[string]*exec.Cmd
+	exited  map[string]chan struct{}
+	stopped bool
+}
+
+// DPSIDScope is the emulator's (and the handler's) ID scope on the local stack.
+const DPSIDScope = "0ne00000000"
+
+// Values returns the handler's app settings for the local stack: base (the sample's
+// values, or local.settings.json's) with this stack's ports and absolute paths filled in.
+func Values(dir string, ports Ports, base map[string]string) map[string]string {
+	m := Material{Dir: dir}
+	v := map[string]string{}
+	for k, val := range base {
+		v[k] = val
+	}
+	v["AzureWebJobsStorage"] = fmt.Sprintf("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"+
+		"AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"+
+		"BlobEndpoint=http://127.0.0.1:%d/devstoreaccount1;QueueEndpoint=http://127.0.0.1:%d/devstoreaccount1;"+
+		"TableEndpoint=http://127.0.0.1:%d/devstoreaccount1;", ports.Blob, ports.Queue, ports.Table)
+	v["IOTPROV_SECRET_SOURCE"] = "file"
+	v["IOTPROV_SECRETS_DIR"] = m.SecretsDir()
+	v["IOTPROV_DPS_ENDPOINT"] = fmt.Sprintf("localhost:%d", ports.DPS)
+	v["IOTPROV_DPS_ID_SCOPE"] = DPSIDScope
+	v["IOTPROV_DPS_CA_FILE"] = m.ServerRootFile()
+	v["IOTPROV_IOTHUB_ROOT_CA_FILE"] = m.ServerRootFile()
+	v["IOTPROV_LISTEN_ADDR"] = fmt.Sprintf("127.0.0.1:%d", ports.API)
+	return v
+}
+
+// ReadSample reads the Values of local.settings.sample.json.
+func ReadSample(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var doc struct {
+		Values map[string]string `json:"Values"`
+	}
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return doc.Values, nil
+}
+
+// WriteLocalSettings writes local.settings.json (what `func start` reads) with values.
+func WriteLocalSettings(path string, values map[string]string) error {
+	doc := map[string]any{"IsEncrypted": false, "Values": values}
+	b, err := json.MarshalIndent(doc, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFile(path, append(b, '\n'), 0o600)
+}
+
+// Start makes the dev material and starts every process, returning once each answers.
+// On error, whatever started is stopped.
+func Start(ctx context.Context, opts Options) (*Stack, error) {
+	if opts.Ports == (Ports{}) {
+		opts.Ports = DefaultPorts
+	}
+	if opts.Log == nil {
+		opts.Log = io.Discard
+	}
+	s := &Stack{opts: opts, Material: Material{Dir: opts.Dir}, procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{},
+		BaseURL: fmt.Sprintf("http://127.0.0.1:%d", opts.Ports.API)}
+	if err := s.Material.Ensure(); err != nil {
+		return nil, fmt.Errorf("dev material: %w", err)
+	}
+	steps := []func(context.Context) error{s.startAzurite, s.startDPS, s.startMosquitto, s.StartHandler}
+	for _, step := range steps {
+		if err := step(ctx); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Stack) startAzurite(ctx context.Context) error {
+	data := filepath.Join(s.opts.Dir, "azurite")
+	if err := os.MkdirAll(data, 0o700); err != nil {
+		return err
+	}
+	p := s.opts.Ports
+	args := []string{
+		"--blobHost", "127.0.0.1", "--blobPort", strconv.Itoa(p.Blob),
+		"--queueHost", "127.0.0.1", "--queuePort", strconv.Itoa(p.Queue),
+		"--tableHost", "127.0.0.1", "--tablePort", strconv.Itoa(p.Table),
+		"--location", data, "--skipApiVersionCheck", "--disableProductStyleUrl", "--disableTelemetry", "--silent",
+	}
+	if err := s.spawn("azurite", s.opts.AzuriteBin, args, nil); err != nil {
+		return err
+	}
+	for _, port := range []int{p.Queue, p.Table} {
+		if err := s.waitTCP(ctx, "azurite", port); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Stack) startDPS(ctx context.Context) error {
+	chain, key := s.Material.ServerCert("dpsemu")
+	args := []string{
+		"-listen", fmt.Sprintf("127.0.0.1:%d", s.opts.Ports.DPS),
+		"-cert", chain, "-key", key, "-trusted-ca", s.Material.DeviceRootFile(),
+		"-id-scope", DPSIDScope, "-hub", "localhost",
+	}
+	if err := s.spawn("dpsemu", filepath.Join(s.opts.BinDir, "dpsemu"), args, s.opts.DPSEnv); err != nil {
+		return err
+	}
+	return s.waitTCP(ctx, "dpsemu", s.opts.Ports.DPS)
+}
+
+// mosquittoConf is the IoT Hub stand-in: TLS on loopback with a server certificate for
+// localhost, and a client certificate required that chains to the device CA, as IoT Hub
+// requires for X.509 CA-authenticated devices.
+func (s *Stack) mosquittoConf() string {
+	chain, key := s.Material.ServerCert("mosquitto")
+	return fmt.Sprintf(`# Generated by the iotprov local stack: the IoT Hub stand-in.
+per_listener_settings true
+listener %d 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username false
+allow_anonymous true
+persistence false
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+log_type information
+# When started as root, stay root so the generated keys under .local stay readable.
+user root
+`, s.opts.Ports.MQTT, s.Material.DeviceRootFile(), chain, key)
+}
+
+func (s *Stack) startMosquitto(ctx context.Context) error {
+	if s.opts.NoMosquitto {
+		return nil
+	}
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		return fmt.Errorf("mosquitto is not installed (apt-get install -y mosquitto mosquitto-clients), or run without the IoT Hub stand-in: %w", err)
+	}
+	conf := filepath.Join(s.opts.Dir, "mosquitto.conf")
+	if err := writeFile(conf, []byte(s.mosquittoConf()), 0o600); err != nil {
+		return err
+	}
+	if err := s.spawn("mosquitto", bin, []string{"-c", conf}, nil); err != nil {
+		return err
+	}
+	return s.waitTCP(ctx, "mosquitto", s.opts.Ports.MQTT)
+}
+
+// StartHandler starts the handler in local-runner mode with the stack's settings and waits
+// for /healthz. Tests call it again after KillHandler.
+func (s *Stack) StartHandler(ctx context.Context) error {
+	values := Values(s.opts.Dir, s.opts.Ports, s.opts.Settings)
+	var env []string
+	for k, v := range values {
+		env = append(env, k+"="+v)
+	}
+	sort.Strings(env)
+	if err := s.spawn("handler", filepath.Join(s.opts.BinDir, "handler"), nil, env); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if s.hasExited("handler") {
+			return errors.New("the handler exited at start; its log above says why")
+		}
+		res, err := http.Get(s.BaseURL + "/healthz")
+		if err == nil {
+			res.Body.Close()
+			if res.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return errors.New("the handler did not answer /healthz within 30s")
+}
+
+// KillHandler kills the handler with SIGKILL, as a crash would (fault tests).
+func (s *Stack) KillHandler() { s.kill("handler", syscall.SIGKILL) }
+
+// Stop stops every process, the handler first so it drains before storage goes away.
+func (s *Stack) Stop() {
+	s.mu.Lock()
+	s.stopped = true
+	s.mu.Unlock()
+	for _, name := range []string{"handler", "mosquitto", "dpsemu", "azurite"} {
+		s.kill(name, syscall.SIGTERM)
+	}
+}
+
+// Wait returns when any process exits, naming it (make run stops the rest then).
+func (s *Stack) Wait(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	cases := map[string]chan struct{}{}
+	for k, v := range s.exited {
+		cases[k] = v
+	}
+	s.mu.Unlock()
+	done := make(chan string, len(cases))
+	for name, ch := range cases {
+		go func() {
+			select {
+			case <-ch:
+				done <- name
+			case <-ctx.Done():
+			}
+		}()
+	}
+	select {
+	case name := <-done:
+		return name, nil
+	case <-ctx.Done():
+		return "", ctx.Err()
+	}
+}
+
+// TrustPool returns the pool that verifies the local servers (DPS emulator, stand-in).
+func (s *Stack) TrustPool() (*x509.CertPool, error) {
+	b, err := os.ReadFile(s.Material.ServerRootFile())
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(b)
+	return p, nil
+}
+
+// TLSConfig is a client TLS config trusting the local servers.
+func (s *Stack) TLSConfig() (*tls.Config, error) {
+	p, err := s.TrustPool()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: p, MinVersion: tls.VersionTLS12}, nil
+}
+
+func (s *Stack) spawn(name, bin string, args, env []string) error {
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	out := &prefixWriter{prefix: fmt.Sprintf("%-9s| ", name), w: s.opts.Log}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so Ctrl-C in the terminal reaches only the stack, which
+	// stops the processes in order; Pdeathsig so nothing outlives a crashed parent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	s.mu.Lock()
+	s.procs[name], s.exited[name] = cmd, exited
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Stack) kill(name string, sig syscall.Signal) {
+	s.mu.Lock()
+	cmd, exited := s.procs[name], s.exited[name]
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, sig)
+	select {
+	case <-exited:
+	case <-time.After(15 * time.Second):
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-exited
+	}
+}
+
+func (s *Stack) hasExited(name string) bool {
+	s.mu.Lock()
+	ch := s.exited[name]
+	s.mu.Unlock()
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *Stack) waitTCP(ctx context.Context, name string, port int) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if s.hasExited(name) {
+			return fmt.Errorf("%s exited at start; its log above says why", name)
+		}
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s did not listen on port %d within 30s", name, port)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// prefixWriter prefixes each line of a process's output with its name.
+type prefixWriter struct {
+	mu     sync.Mutex
+	prefix string
+	w      io.Writer
+	buf    []byte
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.buf = append(p.buf, b...)
+	for {
+		i := strings.IndexByte(string(p.buf), '\n')
+		if i < 0 {
+			break
+		}
+		line := p.buf[:i+1]
+		w := bufio.NewWriter(p.w)
+		_, _ = w.WriteString(p.prefix)
+		_, _ = w.Write(line)
+		_ = w.Flush()
+		p.buf = p.buf[i+1:]
+	}
+	return len(b), nil
+}
