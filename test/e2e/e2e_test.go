@@ -27,8 +27,21 @@ import (
 	"github.com/iotprov/iotprov/internal/testenv"
 )
 
+// stackOptions tune a test's stack: handler settings over the sample's, and DPSEMU_*
+// knobs for the emulator (e.g. "DPSEMU_FAULT_RATE=0.2").
+type stackOptions struct {
+	Settings map[string]string
+	DPSEnv   []string
+}
+
 // stack starts a fresh local stack on free ports for one test.
 func stack(t *testing.T, settings map[string]string) *devstack.Stack {
+	t.Helper()
+	return startStack(t, stackOptions{Settings: settings})
+}
+
+// startStack starts a fresh local stack on free ports; it is stopped when t ends.
+func startStack(t *testing.T, o stackOptions) *devstack.Stack {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("end-to-end: needs Azurite and mosquitto (not run with -short)")
@@ -55,7 +68,7 @@ func stack(t *testing.T, settings map[string]string) *devstack.Stack {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range settings {
+	for k, v := range o.Settings {
 		sample[k] = v
 	}
 	ports := devstack.Ports{Blob: testenv.FreePort(t), Queue: testenv.FreePort(t), Table: testenv.FreePort(t),
@@ -64,7 +77,7 @@ func stack(t *testing.T, settings map[string]string) *devstack.Stack {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s, err := devstack.Start(ctx, devstack.Options{
-		Dir: t.TempDir(), Ports: ports, BinDir: bin, AzuriteBin: azurite, Settings: sample, Log: logs,
+		Dir: t.TempDir(), Ports: ports, BinDir: bin, AzuriteBin: azurite, Settings: sample, DPSEnv: o.DPSEnv, Log: logs,
 	})
 	if err != nil {
 		t.Fatalf("start the local stack: %v\n%s", err, logs.String())
