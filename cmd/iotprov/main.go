@@ -40,7 +40,16 @@ func main() {
 	}
 }
 
+// extraCommands are top-level commands contributed by other files of this package
+// (they register themselves in init), dispatched by name.
+var extraCommands = map[string]func(args []string, out io.Writer) error{}
+
 func run(args []string, out io.Writer, now func() time.Time) error {
+	if len(args) > 0 {
+		if cmd, ok := extraCommands[args[0]]; ok {
+			return cmd(args[1:], out)
+		}
+	}
 	if len(args) < 2 || args[0] != "sas" {
 		fmt.Fprint(out, usage)
 		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
