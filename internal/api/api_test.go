@@ -268,7 +268,7 @@ func TestRegisterLosesRaceReturnsWinner(t *testing.T) {
 		if first {
 			first = false
 			// A concurrent register of the same device commits between our read and write.
-			w := &store.Operation{ID: "winner", DeviceID: "dev1", Identity: "sas:dev1", Status: store.StatusQueued, CreatedAt: time.Now()}
+			w := &store.Operation{ID: "winner", DeviceID: "dev1", Identity: "sas:dev1", Status: store.StatusQueued, CreatedAt: time.Now(), UpdatedAt: time.Now()}
 			ops.createErr = nil
 			if err := ops.CreateOperation(context.Background(), w, nil); err != nil {
 				t.Fatal(err)
@@ -320,5 +320,39 @@ func TestRequestErrors(t *testing.T) {
 				t.Error("a refused request created an operation")
 			}
 		})
+	}
+}
+
+// A queued operation whose message was lost (handler died before enqueueing) is sent
+// again when the device registers again; a fresh one is not.
+func TestRegisterRequeuesStuckOperation(t *testing.T) {
+	ops, q := newFakeOps(), &fakeQueue{}
+	s, mux := newServer(ops, q)
+	now := time.Now()
+	s.Now = func() time.Time { return now }
+	_, body := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", "")
+	id := body["operationId"].(string)
+	call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", "")
+	if len(q.sent) != 1 {
+		t.Fatalf("fresh in-flight operation re-queued: %d messages", len(q.sent))
+	}
+	now = now.Add(2 * stuckAfter)
+	_, again := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", "")
+	if again["operationId"] != id || len(q.sent) != 2 || q.sent[1].OperationID != id {
+		t.Fatalf("stuck operation not re-queued: %v, %+v", again, q.sent)
+	}
+}
+
+// An operation the service abandoned (could not queue) does not count against the
+// device's minimum interval: the device was told to register again.
+func TestRegisterAfterAbandonedIsNotThrottled(t *testing.T) {
+	ops, q := newFakeOps(), &fakeQueue{err: errors.New("queue down")}
+	_, mux := newServer(ops, q)
+	if rec, _ := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", ""); rec.Code != 503 {
+		t.Fatalf("register with the queue down: %d", rec.Code)
+	}
+	q.err = nil
+	if rec, body := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", ""); rec.Code != 202 {
+		t.Fatalf("retry after abandon: %d %v", rec.Code, body)
 	}
 }

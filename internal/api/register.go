@@ -42,6 +42,19 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		s.renderError(w, r, err)
 		return
 	}
+	minInterval := s.MinInterval
+	if s.Policy != nil {
+		// Polls are not gated: a device disabled mid-flight can still collect what was
+		// already issued to it, but it cannot start anything new.
+		adm, err := s.Policy.Admit(r.Context(), deviceID)
+		if err != nil {
+			s.renderError(w, r, err)
+			return
+		}
+		if adm.HasMinInterval {
+			minInterval = adm.MinInterval
+		}
+	}
 	var req registerRequest
 	if _, err := readJSON(w, r, &req); err != nil {
 		s.renderError(w, r, err)
@@ -56,7 +69,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		}
 		csrDER = csr.Raw
 	}
-	op, err := s.register(r.Context(), identity, deviceID, csrDER)
+	op, err := s.register(r.Context(), identity, deviceID, csrDER, minInterval)
 	if err != nil {
 		s.renderError(w, r, err)
 		return
@@ -77,7 +90,7 @@ func (s *Server) pollInterval() time.Duration {
 // register returns the device's in-flight operation, or creates, records and enqueues a
 // new one. The operation and the device's link to it are written in one transaction, so
 // concurrent registers of one device agree on one operation.
-func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID string, csrDER []byte) (*store.Operation, error) {
+func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID string, csrDER []byte, minInterval time.Duration) (*store.Operation, error) {
 	log := s.Log.With("deviceId", deviceID, "auth", identity.Method)
 	for attempt := 0; ; attempt++ {
 		cur, err := s.Ops.GetCurrent(ctx, deviceID)
@@ -96,9 +109,13 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 				return nil, unavailable(err)
 			case !prev.Status.Terminal():
 				log.Info("register: operation already in flight", "operationId", prev.ID)
+				s.requeueIfStuck(ctx, log, prev)
 				return prev, nil
+			case prev.ErrorCode == errcode.CodeUnavailable:
+				// The service abandoned it (it could not be queued) and told the device to
+				// register again: that retry is not a re-registration to throttle.
 			default:
-				if wait := cur.CreatedAt.Add(s.MinInterval).Sub(s.now()); wait > 0 {
+				if wait := cur.CreatedAt.Add(minInterval).Sub(s.now()); wait > 0 {
 					return nil, errcode.New(http.StatusTooManyRequests, errcode.CodeTooManyRequests,
 						"This device registered recently; retry after the interval.").WithRetryAfter(wait)
 				}
@@ -128,6 +145,24 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 		log.Info("register: operation created", "operationId", op.ID, "csr", csrDER != nil)
 		return op, nil
 	}
+}
+
+// stuckAfter is how long an operation may stay queued before register assumes its queue
+// message was lost (the handler died between the table write and the enqueue) and sends
+// it again. A duplicate message is harmless: the worker's writes are ETag-conditional.
+const stuckAfter = time.Minute
+
+// requeueIfStuck re-sends the queue message of an operation that has not moved for
+// stuckAfter, so a device that registers again is never handed work nobody will do.
+func (s *Server) requeueIfStuck(ctx context.Context, log *slog.Logger, op *store.Operation) {
+	if op.Status != store.StatusQueued || s.now().Sub(op.UpdatedAt) < stuckAfter {
+		return
+	}
+	if err := s.Queue.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: op.DeviceID}, 0); err != nil {
+		log.Warn("register: could not re-queue a stuck operation", "operationId", op.ID, "err", err)
+		return
+	}
+	log.Warn("register: re-queued an operation that had not moved", "operationId", op.ID, "since", op.UpdatedAt)
 }
 
 // abandon marks an operation that could not be enqueued as failed, so the device's next

@@ -12,6 +12,7 @@ import (
 
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/policy"
 	"github.com/iotprov/iotprov/internal/queue"
 	"github.com/iotprov/iotprov/internal/store"
 )
@@ -31,6 +32,12 @@ type Authenticator interface {
 // DeviceIDs turns an identity's subject into the device ID (auth.DeviceIDTemplate).
 type DeviceIDs interface {
 	DeviceID(subject string) (string, error)
+}
+
+// Admitter is the device policy (policy.Policy): whether a device may register now, and
+// its own minimum interval if it has one. nil admits every device.
+type Admitter interface {
+	Admit(ctx context.Context, deviceID string) (policy.Admission, error)
 }
 
 // Operations is the part of the store the edge uses.
@@ -57,6 +64,7 @@ type Server struct {
 	DeviceIDs   DeviceIDs
 	Ops         Operations
 	Queue       Enqueuer
+	Policy      Admitter // nil: no device policy
 	Keys        KeyOpener
 	RootCAPEM   string        // rootCaCertificate handed to devices
 	MinInterval time.Duration // between two new registrations of one device

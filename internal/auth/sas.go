@@ -315,3 +315,61 @@ func allDigits(s string) bool {
 	}
 	return s != ""
 }
+
+// SecretKeyGroups returns a KeyGroupFunc over named secrets: the default group ("" or
+// skn=registration) reads defaultSecret, any other skn reads groups[skn]; an skn that is
+// not configured wraps ErrUnknownKeyGroup. Each secret holds a base64 group key, as the
+// Azure portal and `az iot dps enrollment-group` show it. fetch is expected to cache
+// (secrets.Cached), so Key Vault is read once per TTL, not once per device.
+func SecretKeyGroups(fetch func(ctx context.Context, name string) ([]byte, error), defaultSecret string, groups map[string]string) KeyGroupFunc {
+	return func(ctx context.Context, group string) ([]byte, error) {
+		name := defaultSecret
+		if group != "" {
+			n, ok := groups[group]
+			if !ok {
+				return nil, fmt.Errorf("%w: %q", ErrUnknownKeyGroup, group)
+			}
+			name = n
+		}
+		raw, err := fetch(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
+		if err != nil {
+			return nil, fmt.Errorf("SAS group key secret %q is not base64: %w", name, err)
+		}
+		return key, nil
+	}
+}
+
+// ParseKeyGroups reads the IOTPROV_SAS_KEY_GROUPS form "skn=secret-name,skn2=secret2".
+// Group names are what devices send as skn; "registration" is reserved for the default
+// group, as DPS uses it.
+func ParseKeyGroups(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for item := range strings.SplitSeq(s, ",") {
+		item = strings.TrimSpace(item)
+		if item == "" {
+			continue
+		}
+		skn, secret, ok := strings.Cut(item, "=")
+		skn, secret = strings.TrimSpace(skn), strings.TrimSpace(secret)
+		if !ok || skn == "" || secret == "" {
+			return nil, fmt.Errorf("%q is not skn=secret-name", item)
+		}
+		if skn == dpsDefaultKeyName {
+			return nil, fmt.Errorf("skn %q is the default group; set its secret with the default group key setting", skn)
+		}
+		for i := 0; i < len(skn); i++ {
+			if !registrationIDChar(skn[i]) {
+				return nil, fmt.Errorf("skn %q: use letters, digits, - . _ :", skn)
+			}
+		}
+		if _, dup := out[skn]; dup {
+			return nil, fmt.Errorf("skn %q is listed twice", skn)
+		}
+		out[skn] = secret
+	}
+	return out, nil
+}

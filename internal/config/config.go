@@ -51,6 +51,22 @@ const (
 	MaxDequeueCount      = "IOTPROV_MAX_DEQUEUE_COUNT"
 	MaxAttempts          = "IOTPROV_MAX_ATTEMPTS"
 	ListenAddr           = "IOTPROV_LISTEN_ADDR"
+	SASKeyGroups         = "IOTPROV_SAS_KEY_GROUPS"
+	BeamPSKSecret        = "IOTPROV_BEAM_PSK_SECRET"
+	BeamIdentity         = "IOTPROV_BEAM_IDENTITY"
+	BeamMaxSkew          = "IOTPROV_BEAM_MAX_SKEW"
+	JWTKeysSecret        = "IOTPROV_JWT_KEYS_SECRET"
+	JWTKeysFile          = "IOTPROV_JWT_KEYS_FILE"
+	JWTIssuer            = "IOTPROV_JWT_ISSUER"
+	JWTAudience          = "IOTPROV_JWT_AUDIENCE"
+	JWTIdentityClaim     = "IOTPROV_JWT_IDENTITY_CLAIM"
+	JWTLeeway            = "IOTPROV_JWT_LEEWAY"
+	X509CASecret         = "IOTPROV_X509_CA_SECRET"
+	X509TrustForwarded   = "IOTPROV_X509_TRUST_FORWARDED_CERT"
+	TLSListenAddr        = "IOTPROV_TLS_LISTEN_ADDR"
+	TLSCertFile          = "IOTPROV_TLS_CERT_FILE"
+	TLSKeyFile           = "IOTPROV_TLS_KEY_FILE"
+	DevicePolicy         = "IOTPROV_DEVICE_POLICY"
 	LogLevel             = "IOTPROV_LOG_LEVEL"
 )
 
@@ -70,8 +86,24 @@ var Settings = []Setting{
 	{CASecret, "iotprov-ca", "Secret holding the signing CA: PEM certificate chain (signing CA first) and its PKCS#8 private key."},
 	{DataKeySecret, "iotprov-data-key", "Secret holding the data key (base64 of 32 bytes) that encrypts private keys at rest."},
 	{SASGroupKeySecret, "sas-group-key", "Secret holding the default SAS group key (base64), as in a DPS enrollment group."},
-	{AuthMethods, "sas", "Enabled device authentication methods, comma-separated."},
+	{AuthMethods, "sas", "Enabled device authentication methods, comma-separated, tried in this order: sas, beam, jwt, x509."},
 	{SASMaxTTL, "24h", "How far in the future a SAS token's expiry (se) may be."},
+	{SASKeyGroups, "", "More SAS key groups: skn=secret-name pairs, comma-separated (e.g. factory-a=sas-group-key-a); each secret holds a base64 group key."},
+	{BeamPSKSecret, "beam-psk", "Secret holding the SORACOM Beam pre-shared key (text) that signs the x-soracom-* headers."},
+	{BeamIdentity, "imsi", "What identifies a Beam device: imsi (x-soracom-imsi) or sim-id (x-soracom-sim-id)."},
+	{BeamMaxSkew, "5m", "How far x-soracom-timestamp may be from now, either way; older requests are refused as replays."},
+	{JWTKeysSecret, "jwt-keys", "Secret holding the JWT verification keys: a JWKS document or a PEM bundle of public keys or certificates."},
+	{JWTKeysFile, "", "A file with the JWT verification keys instead of the secret (JWKS or PEM)."},
+	{JWTIssuer, "", "Required iss of device JWTs (https://soracom.io for SORACOM Endorse); required when jwt is enabled."},
+	{JWTAudience, "", "Required aud of device JWTs (soracom-endorse-audience for SORACOM Endorse); required when jwt is enabled."},
+	{JWTIdentityClaim, "sub", "Dotted path of the JWT claim that is the identity, e.g. sub or soracom-endorse-claim.imsi."},
+	{JWTLeeway, "1m", "Clock-skew leeway for the JWT exp, nbf and iat claims."},
+	{X509CASecret, "x509-bootstrap-ca", "Secret holding the manufacturer CA bundle (PEM) that bootstrap client certificates must chain to."},
+	{X509TrustForwarded, "false", "true to believe the X-ARR-ClientCert header (only behind App Service with client certificates enabled)."},
+	{TLSListenAddr, "", "Local runner only: an extra HTTPS address for the device API that asks for a client certificate (x509); empty disables it."},
+	{TLSCertFile, "", "Local runner only: PEM certificate chain of the HTTPS listener."},
+	{TLSKeyFile, "", "Local runner only: PEM private key of the HTTPS listener."},
+	{DevicePolicy, "off", "Device policy from the devices table: off, open (listed devices may be disabled or get their own interval) or allowlist (only listed devices)."},
 	{DeviceIDTemplate, "{id}", "Template turning the authenticated identity into the device ID, e.g. myDevice-{id}."},
 	{DPSEndpoint, "global.azure-devices-provisioning.net", "DPS device endpoint (host[:port])."},
 	{DPSIDScope, "", "DPS ID scope (required)."},
@@ -107,7 +139,28 @@ type Config struct {
 
 	AuthMethods      []string
 	SASMaxTTL        time.Duration
+	SASKeyGroups     string // skn=secret pairs, parsed by auth.ParseKeyGroups
 	DeviceIDTemplate string
+
+	BeamPSKSecret string
+	BeamIdentity  string
+	BeamMaxSkew   time.Duration
+
+	JWTKeysSecret    string
+	JWTKeysFile      string
+	JWTIssuer        string
+	JWTAudience      string
+	JWTIdentityClaim string
+	JWTLeeway        time.Duration
+
+	X509CASecret       string
+	X509TrustForwarded bool
+
+	TLSListenAddr string
+	TLSCertFile   string
+	TLSKeyFile    string
+
+	DevicePolicy string
 
 	DPSEndpoint      string
 	DPSIDScope       string
@@ -130,7 +183,7 @@ type StorageConfig struct {
 }
 
 // KnownAuthMethods are the methods the handler can enable.
-var KnownAuthMethods = []string{"sas"}
+var KnownAuthMethods = []string{"sas", "beam", "jwt", "x509"}
 
 // Load reads and validates the settings through getenv (os.Getenv in production).
 func Load(getenv func(string) string) (*Config, error) {
@@ -155,15 +208,31 @@ func Load(getenv func(string) string) (*Config, error) {
 		SASGroupKey:          l.secretName(SASGroupKeySecret),
 		AuthMethods:          l.list(AuthMethods, KnownAuthMethods),
 		SASMaxTTL:            l.duration(SASMaxTTL, time.Minute, 365*24*time.Hour),
+		SASKeyGroups:         l.str(SASKeyGroups),
 		DeviceIDTemplate:     l.str(DeviceIDTemplate),
+		BeamPSKSecret:        l.secretName(BeamPSKSecret),
+		BeamIdentity:         l.oneOf(BeamIdentity, "imsi", "sim-id"),
+		BeamMaxSkew:          l.duration(BeamMaxSkew, time.Second, time.Hour),
+		JWTKeysSecret:        l.secretName(JWTKeysSecret),
+		JWTKeysFile:          l.str(JWTKeysFile),
+		JWTIssuer:            l.str(JWTIssuer),
+		JWTAudience:          l.str(JWTAudience),
+		JWTIdentityClaim:     l.claimPath(JWTIdentityClaim),
+		JWTLeeway:            l.duration(JWTLeeway, 0, 10*time.Minute),
+		X509CASecret:         l.secretName(X509CASecret),
+		X509TrustForwarded:   l.boolean(X509TrustForwarded),
+		TLSListenAddr:        l.str(TLSListenAddr),
+		TLSCertFile:          l.str(TLSCertFile),
+		TLSKeyFile:           l.str(TLSKeyFile),
+		DevicePolicy:         l.oneOf(DevicePolicy, "off", "open", "allowlist"),
 		DPSEndpoint:          l.str(DPSEndpoint),
 		DPSIDScope:           l.required(DPSIDScope),
 		DPSCAFile:            l.str(DPSCAFile),
 		IoTHubRootCAFile:     l.str(IoTHubRootCAFile),
 		KeyAlgorithm:         l.oneOf(KeyAlgorithm, "ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072"),
 		CertValidity:         l.duration(CertValidity, time.Hour, 30*365*24*time.Hour),
-		KeyRetention:         l.duration(KeyRetention, time.Minute, 365*24*time.Hour),
-		OperationRetention:   l.duration(OperationRetention, time.Hour, 10*365*24*time.Hour),
+		KeyRetention:         l.duration(KeyRetention, time.Second, 365*24*time.Hour),
+		OperationRetention:   l.duration(OperationRetention, time.Second, 10*365*24*time.Hour),
 		RegistrationInterval: l.duration(RegistrationInterval, 0, 365*24*time.Hour),
 		MaxDequeueCount:      l.integer(MaxDequeueCount, 1, 100),
 		MaxAttempts:          l.integer(MaxAttempts, 1, 100000),
@@ -182,6 +251,17 @@ func Load(getenv func(string) string) (*Config, error) {
 		return nil, fmt.Errorf("%s: must name a folder when %s=file", SecretsDir, SecretSource)
 	case c.KeyRetention > c.OperationRetention:
 		return nil, fmt.Errorf("%s: must not be longer than %s", KeyRetention, OperationRetention)
+	case c.Enabled("jwt") && c.JWTIssuer == "":
+		return nil, fmt.Errorf("%s: is required when %s includes jwt", JWTIssuer, AuthMethods)
+	case c.Enabled("jwt") && c.JWTAudience == "":
+		return nil, fmt.Errorf("%s: is required when %s includes jwt", JWTAudience, AuthMethods)
+	case c.TLSListenAddr != "" && !c.Functions && (c.TLSCertFile == "" || c.TLSKeyFile == ""):
+		return nil, fmt.Errorf("%s: %s and %s are required with an HTTPS listener", TLSCertFile, TLSCertFile, TLSKeyFile)
+	}
+	if c.TLSListenAddr != "" && !c.Functions {
+		if _, _, err := net.SplitHostPort(c.TLSListenAddr); err != nil {
+			return nil, fmt.Errorf("%s: not host:port: %q", TLSListenAddr, c.TLSListenAddr)
+		}
 	}
 	if c.Functions {
 		if p, err := strconv.Atoi(c.CustomHandlerPort); err != nil || p < 1 || p > 65535 {
@@ -191,6 +271,16 @@ func Load(getenv func(string) string) (*Config, error) {
 		return nil, fmt.Errorf("%s: not host:port: %q", ListenAddr, c.ListenAddr)
 	}
 	return c, nil
+}
+
+// Enabled reports whether the authentication method m is enabled.
+func (c *Config) Enabled(m string) bool {
+	for _, x := range c.AuthMethods {
+		if x == m {
+			return true
+		}
+	}
+	return false
 }
 
 // loader collects the first error so Load reads as a list of settings.
@@ -279,6 +369,27 @@ func (l *loader) list(name string, known []string) []string {
 		l.fail(name, "enable at least one of %s", strings.Join(known, ", "))
 	}
 	return out
+}
+
+func (l *loader) boolean(name string) bool {
+	raw := l.str(name)
+	b, err := strconv.ParseBool(raw)
+	if err != nil {
+		l.fail(name, "must be true or false (got %q)", raw)
+	}
+	return b
+}
+
+// claimPath checks a dotted JWT claim path: non-empty segments.
+func (l *loader) claimPath(name string) string {
+	v := l.str(name)
+	for seg := range strings.SplitSeq(v, ".") {
+		if seg == "" {
+			l.fail(name, "not a dotted claim path like sub or soracom-endorse-claim.imsi: %q", v)
+			break
+		}
+	}
+	return v
 }
 
 // secretName checks Key Vault's secret-name rules, which the file source shares.

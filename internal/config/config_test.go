@@ -54,6 +54,13 @@ func TestLoadRefusesBadSettings(t *testing.T) {
 		{"fail/port", CustomHandlerPort, "http"},
 		{"fail/listen", ListenAddr, "7071"},
 		{"fail/retention", KeyRetention, "8000h"},
+		{"fail/beam-identity", BeamIdentity, "iccid"},
+		{"fail/beam-skew", BeamMaxSkew, "2h"},
+		{"fail/beam-secret", BeamPSKSecret, "a/b"},
+		{"fail/jwt-claim", JWTIdentityClaim, "a..b"},
+		{"fail/jwt-leeway", JWTLeeway, "1h"},
+		{"fail/x509-trust", X509TrustForwarded, "maybe"},
+		{"fail/policy", DevicePolicy, "strict"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -67,6 +74,50 @@ func TestLoadRefusesBadSettings(t *testing.T) {
 				t.Errorf("error does not name %s on one line: %q", tc.key, err)
 			}
 		})
+	}
+}
+
+func TestLoadAuthSettings(t *testing.T) {
+	tests := []struct {
+		name    string
+		set     map[string]string
+		wantErr string // the setting the error must name; "" = ok
+	}{
+		{"ok/all-methods", map[string]string{AuthMethods: "sas, beam,jwt,x509", JWTIssuer: "https://soracom.io", JWTAudience: "soracom-endorse-audience"}, ""},
+		{"ok/tls-listener", map[string]string{TLSListenAddr: "127.0.0.1:7443", TLSCertFile: "c.pem", TLSKeyFile: "k.pem"}, ""},
+		{"ok/tls-ignored-under-functions", map[string]string{CustomHandlerPort: "1234", TLSListenAddr: "x"}, ""},
+		{"fail/jwt-without-issuer", map[string]string{AuthMethods: "jwt", JWTAudience: "a"}, JWTIssuer},
+		{"fail/jwt-without-audience", map[string]string{AuthMethods: "jwt", JWTIssuer: "i"}, JWTAudience},
+		{"fail/tls-without-cert", map[string]string{TLSListenAddr: "127.0.0.1:7443"}, TLSCertFile},
+		{"fail/tls-bad-addr", map[string]string{TLSListenAddr: "7443", TLSCertFile: "c", TLSKeyFile: "k"}, TLSListenAddr},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := minimal()
+			for k, v := range tt.set {
+				m[k] = v
+			}
+			c, err := Load(env(m))
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tt.set[AuthMethods] != "" && (!c.Enabled("x509") || !c.Enabled("beam") || c.Enabled("magic")) {
+					t.Fatalf("methods %v", c.AuthMethods)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want one naming %s", err, tt.wantErr)
+			}
+		})
+	}
+	c, err := Load(env(minimal()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.BeamIdentity != "imsi" || c.BeamMaxSkew.Minutes() != 5 || c.JWTIdentityClaim != "sub" || c.X509TrustForwarded || c.DevicePolicy != "off" {
+		t.Errorf("auth defaults: %+v", c)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/ca"
 )
 
@@ -45,7 +47,37 @@ const (
 	SecretDataKey     = "iotprov-data-key"
 	SecretSASGroupKey = "sas-group-key"
 	SecretBeamPSK     = "beam-psk"
+	SecretJWTKeys     = "jwt-keys"          // JWKS of the dev JWT signing key's public half
+	SecretX509CA      = "x509-bootstrap-ca" // the dev manufacturer CA certificate
 )
+
+// The dev JWT issuer's names: local.settings.sample.json's IOTPROV_JWT_ISSUER and
+// IOTPROV_JWT_AUDIENCE, and the kid of the dev signing key.
+const (
+	DevJWTIssuer   = "iotprov-dev"
+	DevJWTAudience = "iotprov"
+	DevJWTKeyID    = "iotprov-dev-1"
+)
+
+// DevBootstrapCN is the CN (so the identity) of the dev bootstrap client certificate.
+const DevBootstrapCN = "bootstrap-device-1"
+
+// JWTSigningKeyFile is the dev JWT issuer's private key (PKCS#8 PEM, ES256): what
+// `iotprov jwt` signs dev tokens with.
+func (m Material) JWTSigningKeyFile() string {
+	return filepath.Join(m.Dir, "pki", "jwt-signing-key.pem")
+}
+
+// ManufacturerCAFile is the dev manufacturer CA (certificate and key): what `iotprov
+// bootstrap-cert` issues factory certificates from.
+func (m Material) ManufacturerCAFile() string {
+	return filepath.Join(m.Dir, "pki", "manufacturer-ca.pem")
+}
+
+// BootstrapClientCert is a ready-made bootstrap client certificate (CN DevBootstrapCN).
+func (m Material) BootstrapClientCert() (chain, key string) {
+	return filepath.Join(m.Dir, "pki", "bootstrap-client.pem"), filepath.Join(m.Dir, "pki", "bootstrap-client-key.pem")
+}
 
 // Ensure creates whatever dev material is missing and leaves the rest alone, so a
 // developer's devices stay valid across runs.
@@ -98,13 +130,14 @@ func (m Material) Ensure() error {
 		if err := writeFile(m.ServerRootFile(), root.CertificatePEM(), 0o644); err != nil {
 			return err
 		}
-		for _, name := range []string{"mosquitto", "dpsemu"} {
+		for _, name := range []string{"mosquitto", "dpsemu", "api"} {
 			chain, key := m.ServerCert(name)
 			os.Remove(chain)
 			os.Remove(key)
 		}
 	}
-	for _, name := range []string{"mosquitto", "dpsemu"} {
+	// "api" is the handler's HTTPS listener (x509 bootstrap certificates on the local runner).
+	for _, name := range []string{"mosquitto", "dpsemu", "api"} {
 		chainFile, keyFile := m.ServerCert(name)
 		if exists(chainFile) && exists(keyFile) {
 			continue
@@ -130,6 +163,13 @@ func (m Material) Ensure() error {
 		}
 	}
 
+	if err := m.ensureJWT(); err != nil {
+		return err
+	}
+	if err := m.ensureManufacturer(now); err != nil {
+		return err
+	}
+
 	// Symmetric secrets: the data key (32 bytes), the default SAS group key (64 bytes, as
 	// DPS makes them), the Beam PSK (text).
 	for name, make := range map[string]func() []byte{
@@ -141,6 +181,69 @@ func (m Material) Ensure() error {
 			continue
 		}
 		if err := writeFile(m.SecretFile(name), append(make(), '\n'), 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ensureJWT makes the dev JWT issuer: an ES256 signing key and the JWKS the handler trusts.
+func (m Material) ensureJWT() error {
+	if exists(m.JWTSigningKeyFile()) && exists(m.SecretFile(SecretJWTKeys)) {
+		return nil
+	}
+	key, err := ca.GenerateKey(ca.ECDSAP256)
+	if err != nil {
+		return err
+	}
+	keyPEM, err := ca.MarshalPrivateKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	jwk, err := auth.PublicJWK(DevJWTKeyID, key.Public())
+	if err != nil {
+		return err
+	}
+	jwks, err := json.MarshalIndent(map[string]any{"keys": []any{jwk}}, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFile(m.JWTSigningKeyFile(), keyPEM, 0o600); err != nil {
+		return err
+	}
+	return writeFile(m.SecretFile(SecretJWTKeys), append(jwks, '\n'), 0o600)
+}
+
+// ensureManufacturer makes the dev manufacturer CA (the x509 trust anchor) and one
+// bootstrap client certificate from it.
+func (m Material) ensureManufacturer(now time.Time) error {
+	chainFile, keyFile := m.BootstrapClientCert()
+	if exists(m.ManufacturerCAFile()) && exists(m.SecretFile(SecretX509CA)) && exists(chainFile) && exists(keyFile) {
+		return nil
+	}
+	root, err := ca.NewRootCA("iotprov dev manufacturer CA", 10*365*24*time.Hour, now)
+	if err != nil {
+		return err
+	}
+	bundle, err := root.MarshalPEM()
+	if err != nil {
+		return err
+	}
+	chain, key, err := ca.NewClientCertificate(root, DevBootstrapCN, 5*365*24*time.Hour, now)
+	if err != nil {
+		return err
+	}
+	for _, f := range []struct {
+		path string
+		data []byte
+		perm os.FileMode
+	}{
+		{m.ManufacturerCAFile(), bundle, 0o600},
+		{m.SecretFile(SecretX509CA), root.CertificatePEM(), 0o600},
+		{chainFile, chain, 0o644},
+		{keyFile, key, 0o600},
+	} {
+		if err := writeFile(f.path, f.data, f.perm); err != nil {
 			return err
 		}
 	}

@@ -28,8 +28,21 @@ func Values(dir string, ports Ports, base map[string]string) map[string]string {
 	v["IOTPROV_DPS_CA_FILE"] = m.ServerRootFile()
 	v["IOTPROV_IOTHUB_ROOT_CA_FILE"] = m.ServerRootFile()
 	v["IOTPROV_LISTEN_ADDR"] = fmt.Sprintf("127.0.0.1:%d", ports.API)
+	apiChain, apiKey := m.ServerCert("api")
+	v["IOTPROV_TLS_CERT_FILE"] = apiChain
+	v["IOTPROV_TLS_KEY_FILE"] = apiKey
+	// The HTTPS listener (x509 bootstrap certificates) has no field in Ports yet: a stack
+	// on other ports than the defaults (the tests') drops the sample's fixed address so
+	// that two stacks never fight over it, unless the caller chose an address itself.
+	if ports != DefaultPorts && v["IOTPROV_TLS_LISTEN_ADDR"] == DefaultTLSListenAddr {
+		v["IOTPROV_TLS_LISTEN_ADDR"] = ""
+	}
 	return v
 }
+
+// DefaultTLSListenAddr is local.settings.sample.json's IOTPROV_TLS_LISTEN_ADDR: the local
+// runner's HTTPS listener for devices with a bootstrap client certificate.
+const DefaultTLSListenAddr = "127.0.0.1:7443"
 
 // ReadSample reads the Values of local.settings.sample.json.
 func ReadSample(path string) (map[string]string, error) {

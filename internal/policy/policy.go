@@ -1,0 +1,215 @@
+// Package policy is the optional device policy: which devices may register, which are
+// disabled, and which get their own minimum interval between registrations. Entries
+// live in the Azure Table "devices" (PartitionKey = device ID, RowKey "policy"), which
+// the operator edits with `iotprov devices`; the register route consults them through
+// Policy.Admit.
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+
+	"github.com/iotprov/iotprov/internal/errcode"
+)
+
+// TableName is the devices table (store.EnsureTables creates it).
+const TableName = "devices"
+
+// rowKey is the one row per device partition; the partition leaves room for more rows
+// (e.g. per-method bindings) without a migration.
+const rowKey = "policy"
+
+// CodeDeviceNotAllowed: allow-list mode and the device is not listed.
+const CodeDeviceNotAllowed = "device_not_allowed"
+
+// Modes of IOTPROV_DEVICE_POLICY.
+const (
+	ModeOff       = "off"       // the table is not read
+	ModeOpen      = "open"      // unlisted devices may register; listed ones follow their entry
+	ModeAllowList = "allowlist" // only listed, enabled devices may register
+)
+
+// ErrNotFound: no entry for the device.
+var ErrNotFound = errors.New("policy: device not listed")
+
+// Device is one device's policy entry.
+type Device struct {
+	DeviceID string
+	Disabled bool
+	// MinInterval overrides the service-wide minimum interval between registrations when
+	// HasMinInterval is set (0 then means "no limit" for this device).
+	MinInterval    time.Duration
+	HasMinInterval bool
+	Note           string
+	UpdatedAt      time.Time
+}
+
+// Devices reads entries (Table, or a fake in tests).
+type Devices interface {
+	Get(ctx context.Context, deviceID string) (*Device, error)
+}
+
+// Admission is what a register of an admitted device must respect.
+type Admission struct {
+	MinInterval    time.Duration
+	HasMinInterval bool
+}
+
+// Policy decides whether a device may register.
+type Policy struct {
+	Mode    string
+	Devices Devices
+}
+
+// Admit returns the device's admission, or an *errcode.Error: 403 device_disabled,
+// 403 device_not_allowed (allow-list mode), 503 when the table cannot be read.
+func (p *Policy) Admit(ctx context.Context, deviceID string) (Admission, error) {
+	if p == nil || p.Mode == ModeOff || p.Mode == "" {
+		return Admission{}, nil
+	}
+	d, err := p.Devices.Get(ctx, deviceID)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		if p.Mode == ModeAllowList {
+			return Admission{}, errcode.New(http.StatusForbidden, CodeDeviceNotAllowed,
+				"This device is not on the service's list of allowed devices.")
+		}
+		return Admission{}, nil
+	case err != nil:
+		return Admission{}, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
+			"The service is temporarily unavailable; retry later.").WithRetryAfter(5 * time.Second)
+	case d.Disabled:
+		return Admission{}, errcode.New(http.StatusForbidden, errcode.CodeDeviceDisabled,
+			"This device is disabled by the operator.")
+	}
+	return Admission{MinInterval: d.MinInterval, HasMinInterval: d.HasMinInterval}, nil
+}
+
+// Table is the devices table.
+type Table struct {
+	client *aztables.Client
+}
+
+var _ Devices = (*Table)(nil)
+
+// NewTable returns the devices table of a Tables service.
+func NewTable(svc *aztables.ServiceClient) *Table {
+	return &Table{client: svc.NewClient(TableName)}
+}
+
+// Ensure creates the table if missing (the CLI may run before the handler ever did).
+func (t *Table) Ensure(ctx context.Context) error {
+	_, err := t.client.CreateTable(ctx, nil)
+	var re *azcore.ResponseError
+	if err != nil && !(errors.As(err, &re) && re.ErrorCode == string(aztables.TableAlreadyExists)) {
+		return fmt.Errorf("policy: create table: %w", err)
+	}
+	return nil
+}
+
+// Get returns the device's entry or ErrNotFound.
+func (t *Table) Get(ctx context.Context, deviceID string) (*Device, error) {
+	if !validKey(deviceID) {
+		return nil, ErrNotFound
+	}
+	resp, err := t.client.GetEntity(ctx, deviceID, rowKey, nil)
+	if err != nil {
+		var re *azcore.ResponseError
+		if errors.As(err, &re) && re.StatusCode == http.StatusNotFound && re.ErrorCode != string(aztables.TableNotFound) {
+			return nil, ErrNotFound
+		}
+		return nil, fmt.Errorf("policy: get %q: %w", deviceID, err)
+	}
+	return decode(resp.Value)
+}
+
+// Put writes the device's entry (insert or replace).
+func (t *Table) Put(ctx context.Context, d *Device) error {
+	if !validKey(d.DeviceID) {
+		return fmt.Errorf("policy: %q is not a usable device ID", d.DeviceID)
+	}
+	d.UpdatedAt = time.Now().UTC().Truncate(time.Millisecond)
+	props := map[string]any{
+		"Disabled":  d.Disabled,
+		"Note":      d.Note,
+		"UpdatedAt": aztables.EDMDateTime(d.UpdatedAt),
+	}
+	if d.HasMinInterval {
+		props["MinIntervalSeconds"] = aztables.EDMInt64(int64(d.MinInterval / time.Second))
+	}
+	b, err := json.Marshal(aztables.EDMEntity{Entity: aztables.Entity{PartitionKey: d.DeviceID, RowKey: rowKey}, Properties: props})
+	if err != nil {
+		return err
+	}
+	if _, err := t.client.UpsertEntity(ctx, b, &aztables.UpsertEntityOptions{UpdateMode: aztables.UpdateModeReplace}); err != nil {
+		return fmt.Errorf("policy: put %q: %w", d.DeviceID, err)
+	}
+	return nil
+}
+
+// List returns every entry, by device ID.
+func (t *Table) List(ctx context.Context) ([]*Device, error) {
+	filter := "RowKey eq '" + rowKey + "'"
+	pager := t.client.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
+	var out []*Device
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("policy: list: %w", err)
+		}
+		for _, raw := range page.Entities {
+			d, err := decode(raw)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].DeviceID < out[j].DeviceID })
+	return out, nil
+}
+
+func decode(raw []byte) (*Device, error) {
+	var e aztables.EDMEntity
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return nil, fmt.Errorf("policy: decode entry: %w", err)
+	}
+	d := &Device{DeviceID: e.PartitionKey}
+	d.Disabled, _ = e.Properties["Disabled"].(bool)
+	d.Note, _ = e.Properties["Note"].(string)
+	switch v := e.Properties["MinIntervalSeconds"].(type) {
+	case aztables.EDMInt64:
+		d.MinInterval, d.HasMinInterval = time.Duration(v)*time.Second, true
+	case int32:
+		d.MinInterval, d.HasMinInterval = time.Duration(v)*time.Second, true
+	case float64:
+		d.MinInterval, d.HasMinInterval = time.Duration(v)*time.Second, true
+	}
+	if t, ok := e.Properties["UpdatedAt"].(aztables.EDMDateTime); ok {
+		d.UpdatedAt = time.Time(t)
+	}
+	return d, nil
+}
+
+// validKey keeps IDs that cannot be table keys (or are absurdly long) away from storage;
+// device IDs that pass auth's rules always pass this.
+func validKey(k string) bool {
+	if k == "" || len(k) > 256 {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		switch c := k[i]; {
+		case c < 0x20 || c == 0x7f, c == '/', c == '\\', c == '#', c == '?':
+			return false
+		}
+	}
+	return true
+}
