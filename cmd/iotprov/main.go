@@ -1,37 +1,31 @@
-// Command iotprov is the operator and device CLI. This first cut mints SAS credentials
-// (DESIGN.md §3) so a device — or the README's curl script — can authenticate; CA
-// management and the device client are added with their issue.
+// Command iotprov is the operator and device CLI (DESIGN.md §8): it creates the CA an
+// operator uploads to Key Vault and proves to DPS, mints SAS credentials, and acts as a
+// device against the provisioning service (register, poll, write the files a device
+// connects to IoT Hub with).
+//
+// Every command lives in its own file and is one row of the command table below; every
+// command answers --help. Other files may contribute whole top-level commands through
+// extraCommands.
 package main
 
 import (
-	"encoding/base64"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
+	"os/signal"
+	"sort"
 	"strings"
 	"time"
-
-	"github.com/iotprov/iotprov/internal/auth"
 )
 
-const usage = `iotprov — operator and device CLI for the iotprov provisioning service.
-
-Usage:
-  iotprov sas device-key --group-key-file FILE --id REGISTRATION_ID
-      Print the device's SAS key: base64(HMAC-SHA256(groupKey, registrationId)), as
-      'az iot dps enrollment-group compute-device-key' computes it.
-  iotprov sas token (--group-key-file FILE | --device-key KEY) --id REGISTRATION_ID [--ttl 1h] [--id-scope SCOPE]
-      Print an Authorization header value: SharedAccessSignature sr=…&sig=…&se=…&skn=registration.
-      With --id-scope, sr is DPS's own form (<scope>/registrations/<id>, URL-encoded).
-
-Run 'iotprov <command> <subcommand> --help' for a command's flags.
-`
-
 func main() {
-	if err := run(os.Args[1:], os.Stdout, time.Now); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	e := &env{ctx: ctx, out: os.Stdout, errOut: os.Stderr, now: time.Now}
+	if err := run(e, os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -40,70 +34,130 @@ func main() {
 	}
 }
 
+// env is what a command may touch besides its flags, so tests can run commands in
+// process with their own clock, output and Key Vault.
+type env struct {
+	ctx    context.Context
+	out    io.Writer // results: what a script captures
+	errOut io.Writer // progress and warnings
+	now    func() time.Time
+	// newVault makes the Key Vault client for ca upload; nil means azidentity's
+	// credential and the real vault (vault.go).
+	newVault vaultFactory
+}
+
+// command is one row of the table: a path of words ("ca init"), a one-line summary for
+// the usage, and the function that parses its own flags.
+type command struct {
+	path    string
+	summary string
+	run     func(e *env, args []string) error
+}
+
+// commands is the command table. Order is the order of the usage text.
+var commands = []command{
+	{"ca init", "create a root CA and the intermediate that signs devices, as files", caInit},
+	{"ca upload", "store the signing CA bundle as a Key Vault secret", caUpload},
+	{"ca verification-cert", "make the DPS / IoT Hub proof-of-possession certificate", caVerificationCert},
+	{"device register", "act as a device: register, poll, write the certificate files", deviceRegister},
+	{"sas device-key", "print a device's SAS key derived from the group key", sasDeviceKey},
+	{"sas token", "print a SAS Authorization header value", sasToken},
+}
+
 // extraCommands are top-level commands contributed by other files of this package
 // (they register themselves in init), dispatched by name.
 var extraCommands = map[string]func(args []string, out io.Writer) error{}
 
-func run(args []string, out io.Writer, now func() time.Time) error {
-	if len(args) > 0 {
-		if cmd, ok := extraCommands[args[0]]; ok {
-			return cmd(args[1:], out)
+// run dispatches args to a command of the table or of extraCommands.
+func run(e *env, args []string) error {
+	if len(args) == 0 || isHelp(args[0]) || args[0] == "help" {
+		printUsage(e.out, "")
+		return nil
+	}
+	if cmd, ok := extraCommands[args[0]]; ok {
+		return cmd(args[1:], e.out)
+	}
+	if len(args) >= 2 {
+		if c := lookup(args[0] + " " + args[1]); c != nil {
+			return c.run(e, args[2:])
 		}
 	}
-	if len(args) < 2 || args[0] != "sas" {
-		fmt.Fprint(out, usage)
-		if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if hasGroup(args[0]) {
+		printUsage(e.out, args[0])
+		if len(args) == 1 || isHelp(args[1]) {
 			return nil
 		}
-		return errors.New("unknown command; see the usage above")
+		return fmt.Errorf("unknown %s subcommand %q; see the usage above", args[0], args[1])
 	}
-	fs := flag.NewFlagSet("iotprov sas "+args[1], flag.ContinueOnError)
-	fs.SetOutput(out)
-	groupKeyFile := fs.String("group-key-file", "", "file holding the base64 SAS group key (e.g. .local/secrets/sas-group-key)")
-	deviceKey := fs.String("device-key", "", "the device's base64 SAS key (instead of --group-key-file)")
-	id := fs.String("id", "", "the registration ID (the device's identity)")
-	ttl := fs.Duration("ttl", time.Hour, "token lifetime")
-	scope := fs.String("id-scope", "", "DPS ID scope: sign sr in DPS's <scope>/registrations/<id> form")
-	if err := fs.Parse(args[2:]); err != nil {
-		return err
-	}
-	if *id == "" {
-		return errors.New("--id is required")
-	}
-	key, err := deviceKeyFrom(*groupKeyFile, *deviceKey, *id)
-	if err != nil {
-		return err
-	}
-	switch args[1] {
-	case "device-key":
-		fmt.Fprintln(out, base64.StdEncoding.EncodeToString(key))
-	case "token":
-		sr := *id
-		if *scope != "" {
-			sr = url.QueryEscape(*scope + "/registrations/" + *id)
+	printUsage(e.errOut, "")
+	return fmt.Errorf("unknown command %q; see the usage above", args[0])
+}
+
+func lookup(path string) *command {
+	for i := range commands {
+		if commands[i].path == path {
+			return &commands[i]
 		}
-		fmt.Fprintln(out, auth.NewSASToken(key, sr, now().Add(*ttl).Unix(), "registration"))
-	default:
-		return fmt.Errorf("unknown sas subcommand %q", args[1])
 	}
 	return nil
 }
 
-func deviceKeyFrom(groupKeyFile, deviceKey, id string) ([]byte, error) {
-	switch {
-	case deviceKey != "":
-		return base64.StdEncoding.DecodeString(deviceKey)
-	case groupKeyFile != "":
-		b, err := os.ReadFile(groupKeyFile)
-		if err != nil {
-			return nil, err
+func hasGroup(word string) bool {
+	for _, c := range commands {
+		if strings.HasPrefix(c.path, word+" ") {
+			return true
 		}
-		group, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(b)))
-		if err != nil {
-			return nil, fmt.Errorf("%s: not base64: %w", groupKeyFile, err)
-		}
-		return auth.DeriveDeviceKey(group, id), nil
-	default:
-		return nil, errors.New("give --group-key-file or --device-key")
 	}
+	return false
+}
+
+func isHelp(s string) bool { return s == "-h" || s == "-help" || s == "--help" }
+
+// printUsage lists the commands, or only those of group when group is not empty.
+func printUsage(w io.Writer, group string) {
+	fmt.Fprintln(w, "iotprov — operator and device CLI for the iotprov provisioning service.")
+	fmt.Fprintln(w, "\nUsage: iotprov <command> [flags]   (every command takes --help)")
+	fmt.Fprintln(w, "\nCommands:")
+	for _, c := range commands {
+		if group == "" || strings.HasPrefix(c.path, group+" ") {
+			fmt.Fprintf(w, "  %-22s %s\n", c.path, c.summary)
+		}
+	}
+	if group != "" {
+		return
+	}
+	extra := make([]string, 0, len(extraCommands))
+	for name := range extraCommands {
+		extra = append(extra, name)
+	}
+	sort.Strings(extra)
+	for _, name := range extra {
+		fmt.Fprintf(w, "  %-22s (run 'iotprov %s --help')\n", name, name)
+	}
+}
+
+// newFlagSet makes a command's flag set: errors and --help go to standard error (as Go's
+// own tools do, so a script capturing a command's output never captures usage), with the
+// command's usage line and description first, and parsing does not exit the process.
+func newFlagSet(e *env, path, synopsis, description string) *flag.FlagSet {
+	fs := flag.NewFlagSet("iotprov "+path, flag.ContinueOnError)
+	fs.SetOutput(e.errOut)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: iotprov %s %s\n\n%s\n\nFlags:\n", path, synopsis, strings.TrimSpace(description))
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and refuses stray positional arguments, which are usually a
+// flag typed without its dashes.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%s: unexpected argument %q (flags start with --)", fs.Name(), fs.Arg(0))
+	}
+	return nil
 }

@@ -1,8 +1,9 @@
 // Package kvtest is a loopback Azure Key Vault for tests: an httptest TLS server that
-// speaks the Key Vault secrets REST API the way the real azsecrets client uses it,
-// including the bearer challenge (the first request carries no token and is answered 401
-// with WWW-Authenticate; the client then asks its credential for a token for the scope
-// in the challenge). Tests in other packages use it to drive the real SDK end to end.
+// speaks the Key Vault secrets REST API the way the real azsecrets client uses it (GET
+// of a secret, and SetSecret's PUT), including the bearer challenge (the first request
+// carries no token and is answered 401 with WWW-Authenticate; the client then asks its
+// credential for a token for the scope in the challenge). Tests in other packages use it
+// to drive the real SDK end to end.
 //
 // Typical use:
 //
@@ -51,12 +52,14 @@ type Server struct {
 	requests   int
 	challenges int
 	authorized int
+	puts       int
 }
 
 type version struct {
-	id      string
-	value   string
-	created time.Time
+	id          string
+	value       string
+	contentType string
+	created     time.Time
 }
 
 // NewServer starts a server that is closed when the test ends.
@@ -173,8 +176,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "NotFound", "The requested resource was not found.")
 		return
 	}
+	if r.Method == http.MethodPut && len(parts) == 2 {
+		s.put(w, r, parts[1])
+		return
+	}
 	if r.Method != http.MethodGet {
-		writeError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "Only GET is served by this test vault.")
+		writeError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "Only GET, and PUT of a secret name, are served by this test vault.")
 		return
 	}
 	name, ver := parts[1], ""
@@ -191,7 +198,48 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("A secret with (name/id) %s was not found in this key vault.", id))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{
+	writeJSON(w, http.StatusOK, s.bundle(name, v))
+}
+
+// maxSecretValue is Key Vault's limit on a secret value (25 KiB).
+const maxSecretValue = 25 << 10
+
+// put stores the body's value as a new latest version of name, as SetSecret does: PUT
+// /secrets/{name} with {"value", "contentType", "tags", "attributes"}. Called with s.mu
+// held.
+func (s *Server) put(w http.ResponseWriter, r *http.Request, name string) {
+	if !validName(name) {
+		writeError(w, http.StatusBadRequest, "BadParameter", "The secret name must be 1-127 characters of [0-9a-zA-Z-].")
+		return
+	}
+	var body struct {
+		Value       *string `json:"value"`
+		ContentType string  `json:"contentType"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 2*maxSecretValue)).Decode(&body); err != nil || body.Value == nil {
+		writeError(w, http.StatusBadRequest, "BadParameter", "The request body must be JSON with a string value.")
+		return
+	}
+	if len(*body.Value) > maxSecretValue {
+		writeError(w, http.StatusBadRequest, "BadParameter", "The secret value is larger than 25 KiB.")
+		return
+	}
+	// Key Vault keeps the name as first written; a later PUT with other case adds a
+	// version to the same secret.
+	for n := range s.secrets {
+		if strings.EqualFold(n, name) {
+			name = n
+		}
+	}
+	v := version{id: randomHex(16), value: *body.Value, contentType: body.ContentType, created: time.Now()}
+	s.secrets[name] = append(s.secrets[name], v)
+	s.puts++
+	writeJSON(w, http.StatusOK, s.bundle(name, v))
+}
+
+// bundle is Key Vault's SecretBundle for one version.
+func (s *Server) bundle(name string, v version) map[string]any {
+	b := map[string]any{
 		"value": v.value,
 		"id":    fmt.Sprintf("%s/secrets/%s/%s", s.srv.URL, name, v.id),
 		"attributes": map[string]any{
@@ -202,7 +250,56 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			"recoverableDays": 90,
 		},
 		"tags": map[string]string{},
-	})
+	}
+	if v.contentType != "" {
+		b["contentType"] = v.contentType
+	}
+	return b
+}
+
+// validName is Key Vault's secret-name rule: 1-127 characters of [0-9a-zA-Z-].
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > 127 {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Versions returns the values of every version of name, oldest first (nil when absent),
+// so a test can check what a client wrote.
+func (s *Server) Versions(name string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for n, vs := range s.secrets {
+		if strings.EqualFold(n, name) {
+			for _, v := range vs {
+				out = append(out, v.value)
+			}
+		}
+	}
+	return out
+}
+
+// ContentType returns the content type of the latest version of name, "" when none.
+func (s *Server) ContentType(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, _ := s.lookup(name, "")
+	return v.contentType
+}
+
+// Puts is the number of secret versions written through PUT.
+func (s *Server) Puts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.puts
 }
 
 // lookup finds a version; ver "" is the latest. Key Vault names are case-insensitive.
