@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/iotprov/iotprov/internal/config"
 	"github.com/iotprov/iotprov/internal/localrun"
+	"github.com/iotprov/iotprov/internal/queue"
 )
 
 func main() {
@@ -43,7 +45,7 @@ func run() int {
 		return 2
 	}
 	if cfg.Functions {
-		err = serve(ctx, log, "127.0.0.1:"+cfg.CustomHandlerPort, a.functionsMux())
+		err = serve(ctx, log, "127.0.0.1:"+cfg.CustomHandlerPort, a.functionsMux(), nil)
 	} else {
 		err = runLocal(ctx, log, cfg, a)
 	}
@@ -69,28 +71,65 @@ func runLocal(ctx context.Context, log *slog.Logger, cfg *config.Config, a *app)
 	if err != nil {
 		return fmt.Errorf("create tables and queues: %w", err)
 	}
-	runner := &localrun.Runner{
-		Queue:             a.queue,
-		Functions:         a.functionsMux(),
-		MaxDequeueCount:   int64(cfg.MaxDequeueCount),
-		VisibilityTimeout: 30 * time.Second, // host.json visibilityTimeout
-		BatchSize:         16,               // host.json batchSize
-		Lease:             5 * time.Minute,  // the function timeout
-		MaxPollInterval:   2 * time.Second,  // host.json maxPollingInterval
-		PurgeInterval:     15 * time.Minute, // functions/purge/function.json schedule
-		Log:               log,
+	// The runner reads host.json, as the Functions host does: one source of truth.
+	host, hostPath, err := localrun.LoadHostJSON(".")
+	if err != nil {
+		return err
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- serve(ctx, log, cfg.ListenAddr, a.localMux()) }()
+	if host.MaxDequeueCount != int64(cfg.MaxDequeueCount) {
+		return fmt.Errorf("%s is %d but %s has maxDequeueCount %d: they must be equal",
+			config.MaxDequeueCount, cfg.MaxDequeueCount, hostPath, host.MaxDequeueCount)
+	}
+	runner := localrun.NewRunner(host, localrun.NewStorageQueue(a.queueService, queue.Name), a.functionsMux(), log)
+	runner.PurgeInterval = 15 * time.Minute // functions/purge/function.json schedule
+	var tlsConf *tls.Config
+	if cfg.TLSListenAddr != "" {
+		c, err := deviceTLSConfig(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return err
+		}
+		tlsConf = c
+	}
+	errc := make(chan error, 2)
+	servers := 1
+	go func() { errc <- serve(ctx, log, cfg.ListenAddr, a.localMux(), nil) }()
+	if tlsConf != nil {
+		servers++
+		go func() { errc <- serve(ctx, log, cfg.TLSListenAddr, a.localMux(), tlsConf) }()
+	}
 	runErr := runner.Run(ctx)
-	return errors.Join(<-errc, runErr)
+	errs := []error{runErr}
+	for range servers {
+		errs = append(errs, <-errc)
+	}
+	return errors.Join(errs...)
 }
 
-// serve listens until ctx ends, then drains in-flight requests.
-func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler) error {
+// deviceTLSConfig is the local runner's HTTPS listener. It asks for a client certificate
+// but does not verify it in the handshake: the x509 authenticator does, so that a bad
+// certificate gets the API's JSON 401 with a stable code instead of a TLS alert, and
+// devices using other methods can use the same listener without one.
+func deviceTLSConfig(certFile, keyFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s/%s: %w", config.TLSCertFile, config.TLSKeyFile, err)
+	}
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequestClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}, nil
+}
+
+// serve listens until ctx ends, then drains in-flight requests; with tlsConf it serves
+// HTTPS.
+func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler, tlsConf *tls.Config) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
+	}
+	if tlsConf != nil {
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	srv := &http.Server{
 		Handler:           h,
@@ -98,7 +137,7 @@ func serve(ctx context.Context, log *slog.Logger, addr string, h http.Handler) e
 		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 	}
-	log.Info("handler listening", "addr", ln.Addr().String())
+	log.Info("handler listening", "addr", ln.Addr().String(), "tls", tlsConf != nil)
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

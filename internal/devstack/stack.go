@@ -52,6 +52,7 @@ type Stack struct {
 	mu      sync.Mutex
 	procs   map[string]*exec.Cmd
 	exited  map[string]chan struct{}
+	output  map[string]*outputLog
 	stopped bool
 }
 
@@ -65,7 +66,7 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		opts.Log = io.Discard
 	}
 	s := &Stack{opts: opts, Material: Material{Dir: opts.Dir}, procs: map[string]*exec.Cmd{}, exited: map[string]chan struct{}{},
-		BaseURL: fmt.Sprintf("http://127.0.0.1:%d", opts.Ports.API)}
+		output: map[string]*outputLog{}, BaseURL: fmt.Sprintf("http://127.0.0.1:%d", opts.Ports.API)}
 	if err := s.Material.Ensure(); err != nil {
 		return nil, fmt.Errorf("dev material: %w", err)
 	}
@@ -77,6 +78,39 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		}
 	}
 	return s, nil
+}
+
+// StartAzurite starts Azurite on the stack's ports with its data in <Dir>/azurite, so
+// after StopAzurite it comes back with every queue message and table row it had.
+func (s *Stack) StartAzurite(ctx context.Context) error { return s.startAzurite(ctx) }
+
+// StopAzurite stops Azurite (SIGTERM: it flushes its on-disk data), as a storage outage
+// would look to the handler.
+func (s *Stack) StopAzurite() { s.kill("azurite", syscall.SIGTERM) }
+
+// RestartAzurite stops Azurite and starts it again on the same data folder.
+func (s *Stack) RestartAzurite(ctx context.Context) error {
+	s.StopAzurite()
+	return s.StartAzurite(ctx)
+}
+
+// Settings returns the handler's app settings on this stack (what StartHandler passes),
+// e.g. AzureWebJobsStorage for a test that reads the tables itself.
+func (s *Stack) Settings() map[string]string {
+	return Values(s.opts.Dir, s.opts.Ports, s.opts.Settings)
+}
+
+// Output returns what the named process ("handler", "dpsemu", "azurite", "mosquitto")
+// has written to stdout and stderr so far, over all its restarts, without prefixes.
+// It keeps at most maxOutput bytes per process (then only the newest).
+func (s *Stack) Output(name string) string {
+	s.mu.Lock()
+	o := s.output[name]
+	s.mu.Unlock()
+	if o == nil {
+		return ""
+	}
+	return o.String()
 }
 
 func (s *Stack) startAzurite(ctx context.Context) error {
@@ -189,8 +223,34 @@ func (s *Stack) StartHandler(ctx context.Context) error {
 	return errors.New("the handler did not answer /healthz within 30s")
 }
 
-// KillHandler kills the handler with SIGKILL, as a crash would (fault tests).
+// KillHandler kills the handler with SIGKILL, as a crash would (fault tests): nothing
+// in flight is settled, so its queue messages come back when their leases lapse.
 func (s *Stack) KillHandler() { s.kill("handler", syscall.SIGKILL) }
+
+// maxOutput bounds what Output keeps of one process (make run may run for days).
+const maxOutput = 64 << 20
+
+// outputLog keeps a process's output for Output, dropping the oldest half when full.
+type outputLog struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (o *outputLog) Write(b []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf = append(o.buf, b...)
+	if len(o.buf) > maxOutput {
+		o.buf = append([]byte(nil), o.buf[len(o.buf)-maxOutput/2:]...)
+	}
+	return len(b), nil
+}
+
+func (o *outputLog) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return string(o.buf)
+}
 
 // Stop stops every process, the handler first so it drains before storage goes away.
 func (s *Stack) Stop() {
@@ -251,7 +311,14 @@ func (s *Stack) TLSConfig() (*tls.Config, error) {
 func (s *Stack) spawn(name, bin string, args, env []string) error {
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
-	out := &prefixWriter{prefix: fmt.Sprintf("%-9s| ", name), w: s.opts.Log}
+	s.mu.Lock()
+	capture := s.output[name]
+	if capture == nil {
+		capture = &outputLog{}
+		s.output[name] = capture
+	}
+	s.mu.Unlock()
+	out := io.MultiWriter(&prefixWriter{prefix: fmt.Sprintf("%-9s| ", name), w: s.opts.Log}, capture)
 	cmd.Stdout, cmd.Stderr = out, out
 	// Its own process group, so Ctrl-C in the terminal reaches only the stack, which
 	// stops the processes in order; Pdeathsig so nothing outlives a crashed parent.

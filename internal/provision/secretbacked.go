@@ -47,7 +47,11 @@ func (l *AuthorityLoader) Authority(ctx context.Context) (*ca.Authority, error) 
 	if l.last != nil && bytes.Equal(raw, l.lastRaw) {
 		c := l.last.Certificate
 		if now.Before(c.NotBefore) || now.After(c.NotAfter) {
-			return nil, fmt.Errorf("CA secret %q: the CA certificate is not valid now (valid %s to %s)", l.Name, c.NotBefore, c.NotAfter)
+			err := fmt.Errorf("CA secret %q: the CA certificate is not valid now (valid %s to %s)", l.Name, c.NotBefore, c.NotAfter)
+			if l.Log != nil {
+				l.Log.Error("signing CA refused; operations wait for a good one", "secret", l.Name, "err", err)
+			}
+			return nil, err
 		}
 		return l.last, nil
 	}

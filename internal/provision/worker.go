@@ -145,7 +145,7 @@ func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount 
 			}
 			continue
 		case errors.As(step, &transient):
-			return w.deferOperation(ctx, log, op, msg, transient)
+			return w.deferOperation(ctx, log, op, msg, transient, dequeueCount >= w.MaxDequeueCount)
 		case errors.As(step, &permanent):
 			return w.fail(ctx, log, op, permanent.Code, permanent.Message, permanent.Cause)
 		case dequeueCount >= w.MaxDequeueCount:
@@ -238,11 +238,17 @@ func (w *Worker) classifyDPSError(op *store.Operation, err error) error {
 		return &permanentError{Code: CodeDPSRegistrationFailed, Message: msg, Cause: err}
 	}
 	delay := backoff(op.Attempts)
-	if derr != nil && derr.RetryAfter > 0 {
-		delay = derr.RetryAfter + jitter(derr.RetryAfter)
+	message := "DPS did not complete the registration in time."
+	if derr != nil {
+		if derr.RetryAfter > 0 {
+			delay = derr.RetryAfter + jitter(derr.RetryAfter)
+		}
+		// Kept on the operation, so that if the attempts run out the device and the
+		// operator see DPS's last word, not only that we gave up.
+		message = fmt.Sprintf("DPS did not complete the registration (last answer: HTTP %d, errorCode %d: %s).",
+			derr.StatusCode, derr.ErrorCode, derr.Message)
 	}
-	return &transientError{Delay: delay, Code: "dps_unavailable",
-		Message: "DPS did not complete the registration in time.", Cause: err}
+	return &transientError{Delay: delay, Code: "dps_unavailable", Message: message, Cause: err}
 }
 
 // dpsCredential is the client certificate the worker presents to DPS. For a
@@ -284,7 +290,9 @@ func (w *Worker) dpsCredential(ctx context.Context, op *store.Operation) (tls.Ce
 
 // deferOperation records the attempt and puts the operation back on the queue after the
 // delay. The message is acknowledged, so throttling never counts against maxDequeueCount.
-func (w *Worker) deferOperation(ctx context.Context, log *slog.Logger, op *store.Operation, msg queue.Message, t *transientError) error {
+// On the last delivery a deferral that cannot be re-enqueued fails the operation: the host
+// is about to give the message up, and nothing else would ever pick the operation up again.
+func (w *Worker) deferOperation(ctx context.Context, log *slog.Logger, op *store.Operation, msg queue.Message, t *transientError, lastDelivery bool) error {
 	op.Attempts++
 	if op.Attempts >= w.MaxAttempts {
 		return w.fail(ctx, log, op, CodeRetriesExhausted, t.Message+" Retries exhausted.", t)
@@ -298,6 +306,9 @@ func (w *Worker) deferOperation(ctx context.Context, log *slog.Logger, op *store
 		return fmt.Errorf("provision: record attempt: %w", err)
 	}
 	if err := w.Queue.Enqueue(ctx, msg, t.Delay); err != nil {
+		if lastDelivery {
+			return w.fail(ctx, log, op, CodeDeliveryExhausted, "Provisioning could not be rescheduled; register again.", err)
+		}
 		return fmt.Errorf("provision: re-enqueue: %w", err)
 	}
 	log.Warn("provision: deferred", "code", t.Code, "attempt", op.Attempts, "delay", t.Delay.Round(time.Millisecond), "err", t.Cause)
@@ -340,14 +351,20 @@ func (w *Worker) logger() *slog.Logger {
 	return slog.Default()
 }
 
-// backoff is exponential from 2 s, capped at 5 min, with jitter, for transient failures
-// that came without a Retry-After.
+// maxBackoff caps the exponential backoff. The attempt count it grows with includes the
+// deferrals for DPS's quota (429 + Retry-After), so a device that waited its turn in a
+// burst must not then wait many minutes for one 500: a minute is a gentle enough pace
+// against a DPS that is down.
+const maxBackoff = time.Minute
+
+// backoff is exponential from 2 s, capped at maxBackoff, with jitter, for transient
+// failures that came without a Retry-After.
 func backoff(attempt int) time.Duration {
 	d := 2 * time.Second
-	for i := 0; i < attempt && d < 5*time.Minute; i++ {
+	for i := 0; i < attempt && d < maxBackoff; i++ {
 		d *= 2
 	}
-	d = min(d, 5*time.Minute)
+	d = min(d, maxBackoff)
 	return d + jitter(d)
 }
 

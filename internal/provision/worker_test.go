@@ -12,7 +12,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,17 +101,22 @@ type enqueued struct {
 type fakeQueue struct {
 	mu   sync.Mutex
 	sent []enqueued
+	err  error // returned by Enqueue when set (queue unreachable)
 }
 
 func (q *fakeQueue) Enqueue(_ context.Context, m queue.Message, d time.Duration) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.err != nil {
+		return q.err
+	}
 	q.sent = append(q.sent, enqueued{m, d})
 	return nil
 }
 
 // fakeDPS answers RegisterAndWait with a function field and records the certificates.
 type fakeDPS struct {
+	mu       sync.Mutex
 	register func(regID string, cert tls.Certificate) (*dps.Operation, error)
 	calls    []*x509.Certificate
 }
@@ -117,8 +126,11 @@ func (d *fakeDPS) RegisterAndWait(_ context.Context, regID string, cert tls.Cert
 	if err != nil {
 		return nil, err
 	}
+	d.mu.Lock()
 	d.calls = append(d.calls, leaf)
-	return d.register(regID, cert)
+	register := d.register
+	d.mu.Unlock()
+	return register(regID, cert)
 }
 
 func assigned(regID string, _ tls.Certificate) (*dps.Operation, error) {
@@ -395,6 +407,108 @@ func TestProvision(t *testing.T) {
 				}
 			},
 		},
+		{
+			name:    "fail/last-delivery-cannot-reschedule",
+			op:      queued("b1"),
+			dequeue: 5,
+			setup: func(f *fixture) {
+				f.dps.register = func(string, tls.Certificate) (*dps.Operation, error) {
+					return nil, &dps.Error{StatusCode: 429, ErrorCode: 429001, Message: "throttled", RetryAfter: time.Second}
+				}
+				f.queue.err = errors.New("queue unreachable")
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				// The host is about to give up the message: the operation must not be left
+				// issued with nothing to pick it up again.
+				if err != nil || op.Status != store.StatusFailed || op.ErrorCode != CodeDeliveryExhausted {
+					t.Fatalf("err %v, op %+v", err, op)
+				}
+			},
+		},
+		{
+			name: "ok/cannot-reschedule-before-last-delivery-asks-for-redelivery",
+			op:   queued("b2"),
+			setup: func(f *fixture) {
+				f.dps.register = func(string, tls.Certificate) (*dps.Operation, error) {
+					return nil, &dps.Error{StatusCode: 503, Message: "unavailable"}
+				}
+				f.queue.err = errors.New("queue unreachable")
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				if err == nil || op.Status != store.StatusIssued || op.Attempts != 1 {
+					t.Fatalf("err %v, op status %s attempts %d", err, op.Status, op.Attempts)
+				}
+			},
+		},
+		{
+			name: "fail/attempts-exhausted-records-last-dps-error",
+			op:   func() store.Operation { o := queued("b3"); o.Attempts = 9; return o }(),
+			setup: func(f *fixture) {
+				f.dps.register = func(string, tls.Certificate) (*dps.Operation, error) {
+					return nil, &dps.Error{StatusCode: 503, ErrorCode: 503000, Message: "Service is unavailable."}
+				}
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				if err != nil || op.Status != store.StatusFailed || op.ErrorCode != CodeRetriesExhausted {
+					t.Fatalf("err %v, op %+v", err, op)
+				}
+				for _, want := range []string{"HTTP 503", "503000", "Service is unavailable."} {
+					if !strings.Contains(op.ErrorMessage, want) {
+						t.Errorf("error message %q lacks DPS's %q", op.ErrorMessage, want)
+					}
+				}
+			},
+		},
+		{
+			name: "ok/fault-without-retry-after-backs-off",
+			op:   func() store.Operation { o := queued("b4"); o.Attempts = 2; return o }(),
+			setup: func(f *fixture) {
+				f.dps.register = func(string, tls.Certificate) (*dps.Operation, error) {
+					return nil, &dps.Error{StatusCode: 500, ErrorCode: 500000, Message: "Internal server error."}
+				}
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				if err != nil || op.Status != store.StatusIssued || op.Attempts != 3 || op.ErrorCode != "dps_unavailable" {
+					t.Fatalf("err %v, op %+v", err, op)
+				}
+				// 2 s doubled twice (the attempts so far), plus up to a fifth of jitter.
+				if len(f.queue.sent) != 1 || f.queue.sent[0].delay < 8*time.Second || f.queue.sent[0].delay >= 10*time.Second {
+					t.Fatalf("re-enqueue: %+v", f.queue.sent)
+				}
+			},
+		},
+		{
+			name: "ok/data-key-unavailable-waits",
+			op:   queued("b5"),
+			setup: func(f *fixture) {
+				f.worker.Keys = &DataKeySealer{Secrets: mapSecrets{}, Name: "dk"}
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				// Key Vault down: the operation waits (re-enqueued), it does not fail, and no
+				// certificate is stored without its sealed key.
+				if err != nil || op.Status != store.StatusQueued || op.Attempts != 1 || op.ErrorCode != "data_key_unavailable" ||
+					op.CertificatePEM != "" || op.SealedKey != nil {
+					t.Fatalf("err %v, op %+v", err, op)
+				}
+				if len(f.queue.sent) != 1 || f.queue.sent[0].delay < 30*time.Second {
+					t.Errorf("re-enqueue: %+v", f.queue.sent)
+				}
+			},
+		},
+		{
+			name: "fail/dps-disabled-is-permanent",
+			op:   queued("b6"),
+			setup: func(f *fixture) {
+				f.dps.register = func(string, tls.Certificate) (*dps.Operation, error) {
+					return nil, dpsFinalError(t, "disabled")
+				}
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				if err != nil || op.Status != store.StatusFailed || op.ErrorCode != CodeDPSRegistrationFailed || len(f.queue.sent) != 0 {
+					t.Fatalf("err %v, op %+v, sent %d", err, op, len(f.queue.sent))
+				}
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -457,4 +571,84 @@ func firstCert(t *testing.T, chainPEM string) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// dpsFinalError is the error the real DPS client returns for an operation that ended with
+// status (failed or disabled), got from a DPS stand-in answering that status.
+func dpsFinalError(t *testing.T, status string) error {
+	t.Helper()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"operationId":"4.x","status":%q,"registrationState":{"registrationId":"r","status":%q,"errorCode":401002,"errorMessage":"The enrollment is disabled."}}`, status, status)
+	}))
+	defer srv.Close()
+	pool := x509.NewCertPool()
+	pool.AddCert(srv.Certificate())
+	c, err := dps.New(dps.Config{Endpoint: strings.TrimPrefix(srv.URL, "https://"), IDScope: "0ne00000000", RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "r"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	_, err = c.RegisterAndWait(context.Background(), "r", tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key})
+	if err == nil {
+		t.Fatal("DPS client accepted a " + status + " registration")
+	}
+	return err
+}
+
+// TestBackoff: exponential from 2 s with up to a fifth of jitter, capped at a minute.
+func TestBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		attempt  int
+		min, max time.Duration
+	}{
+		{0, 2 * time.Second, 3 * time.Second},
+		{1, 4 * time.Second, 5 * time.Second},
+		{4, 32 * time.Second, 39 * time.Second},
+		{5, time.Minute, 73 * time.Second},
+		{1000, time.Minute, 73 * time.Second},
+	} {
+		for range 20 {
+			if d := backoff(tc.attempt); d < tc.min || d >= tc.max {
+				t.Errorf("backoff(%d) = %v, want in [%v, %v)", tc.attempt, d, tc.min, tc.max)
+			}
+		}
+	}
+}
+
+// TestConcurrentDeliveries: two deliveries of one message at once (a redelivery racing
+// the first, or two instances) end with one certificate: the one stored, and the only one
+// DPS saw for the operation's final state.
+func TestConcurrentDeliveries(t *testing.T) {
+	for i := range 20 {
+		op := queued(fmt.Sprintf("c%d", i))
+		f := newFixture(t, op)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for w := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				errs[w] = f.worker.Provision(context.Background(), msgFor(op), 1)
+			}()
+		}
+		close(start)
+		wg.Wait()
+		got := f.ops.get(t, op.DeviceID, op.ID)
+		if errs[0] != nil || errs[1] != nil || got.Status != store.StatusAssigned {
+			t.Fatalf("errors %v, status %s", errs, got.Status)
+		}
+		stored := firstCert(t, got.CertificatePEM)
+		f.dps.mu.Lock()
+		for _, c := range f.dps.calls {
+			if c.SerialNumber.Cmp(stored.SerialNumber) != 0 {
+				t.Errorf("DPS was called with certificate %x, but the operation stored %x", c.SerialNumber, stored.SerialNumber)
+			}
+		}
+		f.dps.mu.Unlock()
+	}
 }
