@@ -1,19 +1,21 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	_ "embed"
-	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 	"github.com/google/uuid"
 
 	"github.com/iotprov/iotprov/internal/api"
@@ -22,6 +24,7 @@ import (
 	"github.com/iotprov/iotprov/internal/config"
 	"github.com/iotprov/iotprov/internal/dps"
 	"github.com/iotprov/iotprov/internal/funcs"
+	"github.com/iotprov/iotprov/internal/policy"
 	"github.com/iotprov/iotprov/internal/provision"
 	"github.com/iotprov/iotprov/internal/queue"
 	"github.com/iotprov/iotprov/internal/secrets"
@@ -40,12 +43,15 @@ const maxInvocationBytes = 1 << 20
 
 // app is the wired service: one of each dependency, shared by both modes.
 type app struct {
-	log     *slog.Logger
-	store   *store.Store
-	queue   *queue.Queue
-	secrets *secrets.Cached
-	api     *api.Server
-	worker  *provision.Worker
+	// queueService is the queue account; the local runner opens its lease-renewing view of
+	// the provision queue (localrun.NewStorageQueue) on it.
+	queueService *azqueue.ServiceClient
+	log          *slog.Logger
+	store        *store.Store
+	queue        *queue.Queue
+	secrets      *secrets.Cached
+	api          *api.Server
+	worker       *provision.Worker
 }
 
 // newApp wires the service from cfg. It makes no network call, so the handler answers the
@@ -118,7 +124,7 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 	st := store.New(tables)
 	q := queue.New(queues, queue.Name)
 	sealer := &provision.DataKeySealer{Secrets: cached, Name: cfg.DataKeySecret}
-	a := &app{log: log, store: st, queue: q, secrets: cached}
+	a := &app{log: log, store: st, queue: q, queueService: queues, secrets: cached}
 	a.api = &api.Server{
 		Auth:        chain,
 		DeviceIDs:   deviceIDs,
@@ -127,6 +133,7 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 		Keys:        sealer,
 		RootCAPEM:   rootCAs,
 		MinInterval: cfg.RegistrationInterval,
+		Policy:      devicePolicy(cfg, tables),
 		NewID:       func() string { return uuid.NewString() },
 		Log:         log,
 	}
@@ -149,35 +156,69 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 	return a, nil
 }
 
-// authenticators builds the enabled methods, in the configured order.
+// authenticators builds the enabled methods, in the configured order. Every piece of key
+// material is read through src (secrets.Cached), so Key Vault is called once per TTL.
 func authenticators(cfg *config.Config, src secrets.Source) (auth.Chain, error) {
+	secret := func(name string) auth.SecretFunc {
+		return func(ctx context.Context) ([]byte, error) { return src.Secret(ctx, name) }
+	}
 	var chain auth.Chain
 	for _, m := range cfg.AuthMethods {
 		switch m {
 		case "sas":
-			groupKey := cfg.SASGroupKey
+			groups, err := auth.ParseKeyGroups(cfg.SASKeyGroups)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", config.SASKeyGroups, err)
+			}
 			chain = append(chain, auth.NewSAS(auth.SASConfig{
 				MaxTTL: cfg.SASMaxTTL,
-				Keys: func(ctx context.Context, group string) ([]byte, error) {
-					if group != "" {
-						return nil, fmt.Errorf("%w: %q", auth.ErrUnknownKeyGroup, group)
-					}
-					raw, err := src.Secret(ctx, groupKey)
-					if err != nil {
-						return nil, err
-					}
-					key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(raw)))
-					if err != nil {
-						return nil, fmt.Errorf("SAS group key secret %q is not base64: %w", groupKey, err)
-					}
-					return key, nil
+				Keys:   auth.SecretKeyGroups(src.Secret, cfg.SASGroupKey, groups),
+			}))
+		case "beam":
+			psk := secret(cfg.BeamPSKSecret)
+			chain = append(chain, auth.NewBeam(auth.BeamConfig{
+				// The PSK is text; a trailing newline in a file or a pasted secret is not part of it.
+				PSK: func(ctx context.Context) ([]byte, error) {
+					b, err := psk(ctx)
+					return bytes.TrimSpace(b), err
 				},
+				Identity: cfg.BeamIdentity,
+				MaxSkew:  cfg.BeamMaxSkew,
+			}))
+		case "jwt":
+			keys := secret(cfg.JWTKeysSecret)
+			if cfg.JWTKeysFile != "" {
+				file := cfg.JWTKeysFile
+				if _, err := os.Stat(file); err != nil {
+					return nil, fmt.Errorf("%s: %w", config.JWTKeysFile, err)
+				}
+				keys = func(context.Context) ([]byte, error) { return os.ReadFile(file) }
+			}
+			chain = append(chain, auth.NewJWT(auth.JWTConfig{
+				Keys:          keys,
+				Issuer:        cfg.JWTIssuer,
+				Audience:      cfg.JWTAudience,
+				IdentityClaim: cfg.JWTIdentityClaim,
+				Leeway:        cfg.JWTLeeway,
+			}))
+		case "x509":
+			chain = append(chain, auth.NewX509(auth.X509Config{
+				Roots:                secret(cfg.X509CASecret),
+				TrustForwardedHeader: cfg.X509TrustForwarded,
 			}))
 		default:
 			return nil, fmt.Errorf("%s: method %q is not available", config.AuthMethods, m)
 		}
 	}
 	return chain, nil
+}
+
+// devicePolicy is nil when the policy is off, so register makes no extra table read.
+func devicePolicy(cfg *config.Config, tables *aztables.ServiceClient) api.Admitter {
+	if cfg.DevicePolicy == policy.ModeOff {
+		return nil
+	}
+	return &policy.Policy{Mode: cfg.DevicePolicy, Devices: policy.NewTable(tables)}
 }
 
 func iotHubRoots(file string) (string, error) {
@@ -245,6 +286,11 @@ func (a *app) localMux() http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"status":"ok"}`+"\n")
 	})
+	// Local runner only (loopback): counters and profiles for `make bench`.
+	mux.HandleFunc("GET /debug/metrics", a.handleMetrics)
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/heap", pprof.Handler("heap").ServeHTTP)
 	mux.HandleFunc("/", a.readyOrNotFound)
 	return mux
 }

@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/iotprov/iotprov/internal/auth"
+	"github.com/iotprov/iotprov/internal/ca"
+)
+
+// testCA is a root and the issuing CA below it, as on the local stack.
+type testCA struct {
+	root, issuing *ca.Authority
+	roots         *x509.CertPool
+	profile       *ca.Profile
+}
+
+func newTestCA(t testing.TB) *testCA {
+	t.Helper()
+	now := time.Now()
+	root, err := ca.NewRootCA("test root", 24*time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuing, err := ca.NewIntermediateCA(root, "test issuing", 12*time.Hour, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ca.NewProfile(ca.ProfileConfig{Validity: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{root: root, issuing: issuing, roots: newPool(root.CertificatePEM()), profile: p}
+}
+
+// answer is what the service sends once a device is assigned; keyPEM empty for a CSR.
+func (c *testCA) answer(t testing.TB, id string, pub crypto.PublicKey, keyPEM string) *assigned {
+	t.Helper()
+	issued, err := c.profile.Issue(c.issuing, ca.Request{DeviceID: id, PublicKey: pub}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &assigned{OperationID: "op-" + id, Status: "assigned", DeviceID: id, Host: "localhost",
+		Certificate: string(issued.ChainPEM), PrivateKey: keyPEM, RootCACertificate: string(c.root.CertificatePEM())}
+}
+
+func serverKey(t testing.TB) (crypto.Signer, string) {
+	t.Helper()
+	k, err := ca.GenerateKey(ca.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ca.MarshalPrivateKeyPEM(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, string(p)
+}
+
+func TestVerifyAssigned(t *testing.T) {
+	c := newTestCA(t)
+	other := newTestCA(t)
+	key, keyPEM := serverKey(t)
+	otherKey, otherKeyPEM := serverKey(t)
+	tests := []struct {
+		name   string
+		answer *assigned
+		csrKey crypto.Signer
+		ok     bool
+	}{
+		{"ok/server-generated key", c.answer(t, "dev-1", key.Public(), keyPEM), nil, true},
+		{"ok/csr", c.answer(t, "dev-1", key.Public(), ""), key, true},
+		{"fail/other device", c.answer(t, "dev-2", key.Public(), keyPEM), nil, false},
+		{"fail/other root", other.answer(t, "dev-1", key.Public(), keyPEM), nil, false},
+		{"fail/key does not match", c.answer(t, "dev-1", key.Public(), otherKeyPEM), nil, false},
+		{"fail/csr key does not match", c.answer(t, "dev-1", otherKey.Public(), ""), key, false},
+		{"fail/private key sent for a csr", c.answer(t, "dev-1", key.Public(), keyPEM), key, false},
+		{"fail/no private key", c.answer(t, "dev-1", key.Public(), ""), nil, false},
+		{"fail/no host", func() *assigned { a := c.answer(t, "dev-1", key.Public(), keyPEM); a.Host = ""; return a }(), nil, false},
+		{"fail/no roots", func() *assigned { a := c.answer(t, "dev-1", key.Public(), keyPEM); a.RootCACertificate = ""; return a }(), nil, false},
+		{"fail/no certificate", func() *assigned { a := c.answer(t, "dev-1", key.Public(), keyPEM); a.Certificate = ""; return a }(), nil, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := verifyAssigned(tc.answer, "dev-1", c.roots, tc.csrKey)
+			if (err == nil) != tc.ok {
+				t.Errorf("verifyAssigned = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want time.Duration
+	}{
+		{"ok/seconds", "2", 2 * time.Second},
+		{"ok/spaces", " 3 ", 3 * time.Second},
+		{"ok/bounded", "99999999999", maxRetryAfter},
+		{"ok/past date", "Wed, 21 Oct 2015 07:28:00 GMT", 0},
+		{"fail/empty", "", 0},
+		{"fail/negative", "-1", 0},
+		{"fail/garbage", "soon", 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := parseRetryAfter(tc.in); got != tc.want {
+				t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
+			}
+		})
+	}
+	if got := parseRetryAfter(time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)); got != maxRetryAfter {
+		t.Errorf("a date an hour ahead = %v, want the bound %v", got, maxRetryAfter)
+	}
+}
+
+func TestPercentiles(t *testing.T) {
+	var d []time.Duration
+	for i := 1; i <= 100; i++ {
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	got := percentilesOf(d)
+	if got != (percentiles{P50: 50, P95: 95, P99: 99, Max: 100}) {
+		t.Errorf("percentilesOf(1..100 ms) = %+v", got)
+	}
+	if got := percentilesOf(nil); got != (percentiles{}) {
+		t.Errorf("percentilesOf(nil) = %+v", got)
+	}
+}
+
+func TestStackLog(t *testing.T) {
+	l := &stackLog{}
+	out := `handler  | {"time":"x","level":"WARN","msg":"provision: deferred","code":"dps_throttled"}
+handler  | {"time":"x","level":"INFO","msg":"provision: step done"}
+dpsemu   | {"time":"x","level":"INFO","msg":"dpsemu stopped","registrations":10,"assigned":9,"throttled":4,"faults":0,"polls":20}
+`
+	// Written in two pieces that split a line, as a pipe may deliver it.
+	_, _ = l.Write([]byte(out[:50]))
+	_, _ = l.Write([]byte(out[50:]))
+	deferrals, dps := l.counts()
+	if deferrals != 1 {
+		t.Errorf("deferrals = %d, want 1", deferrals)
+	}
+	if dps == nil || *dps != (dpsStats{Registrations: 10, Assigned: 9, Throttled: 4, Polls: 20}) {
+		t.Errorf("dps = %+v", dps)
+	}
+}
+
+// fakeService speaks the device API: it checks the SAS token, answers register with an
+// operation, the first poll with "assigning" and the next with credentials from c.
+type fakeService struct {
+	t        *testing.T
+	c        *testCA
+	groupKey []byte
+	mu       sync.Mutex
+	polls    map[string]int
+	csrs     map[string]crypto.PublicKey
+}
+
+func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	tok, err := auth.ParseSASToken(r.Header.Get("Authorization"))
+	if err != nil || tok.Sig != auth.SignSAS(auth.DeriveDeviceKey(f.groupKey, tok.RegistrationID), tok.SR, tok.Expiry) {
+		http.Error(w, `{"error":{"code":"unauthorized"}}`, http.StatusUnauthorized)
+		return
+	}
+	id := tok.RegistrationID
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == registerPath:
+		body, _ := io.ReadAll(r.Body)
+		if len(body) > 0 {
+			var req struct{ CSR string }
+			_ = json.Unmarshal(body, &req)
+			b, _ := pem.Decode([]byte(req.CSR))
+			csr, err := x509.ParseCertificateRequest(b.Bytes)
+			if err != nil {
+				http.Error(w, "bad csr", http.StatusBadRequest)
+				return
+			}
+			f.csrs[id] = csr.PublicKey
+		}
+		w.Header().Set("Retry-After", "0")
+		w.WriteHeader(http.StatusAccepted)
+		_, _ = io.WriteString(w, `{"operationId":"op-`+id+`","status":"assigning"}`)
+	case r.Method == http.MethodGet && r.URL.Path == registrationsPath+"op-"+id:
+		f.polls[id]++
+		if f.polls[id] == 1 {
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = io.WriteString(w, `{"operationId":"op-`+id+`","status":"assigning"}`)
+			return
+		}
+		var a *assigned
+		if pub, ok := f.csrs[id]; ok {
+			a = f.c.answer(f.t, id, pub, "")
+		} else {
+			k, p := serverKey(f.t)
+			a = f.c.answer(f.t, id, k.Public(), p)
+		}
+		_ = json.NewEncoder(w).Encode(a)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func TestRunLoad(t *testing.T) {
+	groupKey := []byte("0123456789abcdef0123456789abcdef")
+	for _, csr := range []bool{false, true} {
+		name := "ok/server-generated keys"
+		if csr {
+			name = "ok/csr"
+		}
+		t.Run(name, func(t *testing.T) {
+			c := newTestCA(t)
+			svc := httptest.NewServer(&fakeService{t: t, c: c, groupKey: groupKey, polls: map[string]int{}, csrs: map[string]crypto.PublicKey{}})
+			defer svc.Close()
+			f := &fleet{base: svc.URL, hc: svc.Client(), groupKey: groupKey, deviceRoots: c.roots, minPoll: time.Millisecond}
+			r := runLoad(context.Background(), f, loadSpec{Name: "t", N: 20, Concurrency: 5, Rate: 500, CSR: csr, Deadline: time.Minute}, "dev")
+			if r.Assigned != 20 || r.Failed != 0 || r.Pending != 0 {
+				t.Fatalf("assigned %d failed %d pending %d: %v", r.Assigned, r.Failed, r.Pending, r.Errors)
+			}
+			if r.Polls != 40 || r.DevicesPerSec <= 0 || r.Latency.P99 <= 0 {
+				t.Errorf("polls %d (want 40: one assigning, one assigned each), %v devices/s, latency %+v", r.Polls, r.DevicesPerSec, r.Latency)
+			}
+		})
+	}
+	t.Run("fail/wrong group key", func(t *testing.T) {
+		c := newTestCA(t)
+		svc := httptest.NewServer(&fakeService{t: t, c: c, groupKey: groupKey, polls: map[string]int{}, csrs: map[string]crypto.PublicKey{}})
+		defer svc.Close()
+		f := &fleet{base: svc.URL, hc: svc.Client(), groupKey: []byte("another key"), deviceRoots: c.roots}
+		r := runLoad(context.Background(), f, loadSpec{Name: "t", N: 3, Concurrency: 3, Deadline: time.Minute}, "dev")
+		if r.Failed != 3 || r.Errors["register: 401 unauthorized"] != 3 {
+			t.Errorf("failed %d, errors %v; want three 401s", r.Failed, r.Errors)
+		}
+	})
+}
+
+func TestParseFlags(t *testing.T) {
+	if _, err := parseFlags([]string{"-scenarios", "throughput,nope"}, io.Discard); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("unknown scenario: err = %v", err)
+	}
+	o, err := parseFlags([]string{"-set", "IOTPROV_AUTH_METHODS=sas", "-scenarios", "burst"}, io.Discard)
+	if err != nil || o.set["IOTPROV_AUTH_METHODS"] != "sas" || !o.want("burst") || o.want("throughput") {
+		t.Errorf("parseFlags = %+v, %v", o, err)
+	}
+}
+
+func FuzzParseRetryAfter(f *testing.F) {
+	for _, s := range []string{"2", "", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "1e9"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if d := parseRetryAfter(s); d < 0 || d > maxRetryAfter {
+			t.Errorf("parseRetryAfter(%q) = %v out of [0, %v]", s, d, maxRetryAfter)
+		}
+	})
+}
+
+// The service's answer is untrusted input to the device: decoding and verifying any
+// bytes must not panic, and nothing but a real chain verifies.
+func FuzzVerifyAssigned(f *testing.F) {
+	c := newTestCA(f)
+	key, keyPEM := serverKey(f)
+	good, _ := json.Marshal(c.answer(f, "dev-1", key.Public(), keyPEM))
+	f.Add(good)
+	f.Add([]byte(`{"status":"assigned","deviceId":"dev-1","host":"h","certificate":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}`))
+	f.Add([]byte(`{"status":"failed","error":{"code":"dps_registration_failed"}}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, err := decodeAssigned(b)
+		if err != nil {
+			return
+		}
+		_ = verifyAssigned(a, "dev-1", c.roots, nil)
+	})
+}
+
+func FuzzParseDPSStopped(f *testing.F) {
+	f.Add(`{"msg":"dpsemu stopped","registrations":1,"throttled":2}`)
+	f.Add(`dpsemu stopped`)
+	f.Fuzz(func(t *testing.T, s string) {
+		if st, ok := parseDPSStopped(s); ok && st == nil {
+			t.Error("ok without stats")
+		}
+	})
+}
