@@ -9,7 +9,7 @@ AZURITE_VERSION := 3.35.0
 GOFLAGS_BUILD := -trimpath -ldflags="-s -w"
 FUZZTIME  ?= 20s
 
-.PHONY: all build deps run test test-short fuzz vet package clean
+.PHONY: all build deps run test test-short fuzz vet package deploy clean
 
 all: build
 
@@ -62,11 +62,30 @@ fuzz:
 	done
 
 # dist/: what the Functions host runs (func start / func azure functionapp publish).
+# DIST may name another folder (test/packaging builds into a temporary one).
+DIST ?= dist
 package:
-	rm -rf dist && mkdir -p dist
-	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o dist/handler ./handler
-	cp host.json dist/
-	cp -r functions/* dist/
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(DIST)/handler ./handler
+	cp host.json $(DIST)/
+	cp -r functions/* $(DIST)/
+
+# Publish dist/ to an existing Function App (infra/main.bicep's functionAppName output):
+# make deploy APP=func-iotprov-xxxx. Needs the Azure Functions Core Tools and az login.
+deploy:
+	@test -n "$(APP)" || { echo "make deploy: set APP=<function app name> (the functionAppName output of infra/main.bicep)"; exit 2; }
+	@command -v func >/dev/null || { echo "make deploy: the Azure Functions Core Tools (func) are not installed"; exit 2; }
+	$(MAKE) package
+	cd $(DIST) && func azure functionapp publish $(APP) --custom
 
 clean:
 	rm -rf $(BIN) dist
+
+# The benchmark of issue 6 (docs/benchmarks.md): starts its own stacks on free ports,
+# prints one table and writes .local/bench.json. Takes about 10 minutes; not part of
+# `make test`. BENCHFLAGS reach cmd/loadgen (e.g. BENCHFLAGS=-base=http://127.0.0.1:7071
+# to use a stack from `make run`; `$(BIN)/loadgen -h` lists them).
+.PHONY: bench
+bench: deps build
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/loadgen ./cmd/loadgen
+	$(BIN)/loadgen -bin $(BIN) -azurite $(AZURITE) -out .local/bench.json $(BENCHFLAGS)
