@@ -167,7 +167,14 @@ func (s *Server) requeueIfStuck(ctx context.Context, log *slog.Logger, op *store
 
 // abandon marks an operation that could not be enqueued as failed, so the device's next
 // register starts a new one instead of waiting on work nobody will do.
-func (s *Server) abandon(ctx context.Context, log *slog.Logger, op *store.Operation) {
+func (s *Server) abandon(ctx context.Context, log *slog.Logger, created *store.Operation) {
+	// CreateOperation leaves no ETag; read the operation (nothing else has touched it,
+	// since it was never queued) to make the conditional write.
+	op, err := s.Ops.GetOperation(ctx, created.DeviceID, created.ID)
+	if err != nil {
+		log.Error("register: could not read unqueued operation to mark it failed", "operationId", created.ID, "err", err)
+		return
+	}
 	op.Status = store.StatusFailed
 	op.ErrorCode = errcode.CodeUnavailable
 	op.ErrorMessage = "The operation could not be queued; register again."

@@ -155,7 +155,8 @@ func (s *Store) GetCurrent(ctx context.Context, deviceID string) (*Current, erro
 // CreateOperation inserts op and points the device's link at it in one transaction:
 // it inserts the link when prev == nil, else replaces it only if its ETag is still
 // prev.ETag. ErrConflict when another register won the race (the link changed, or the
-// operation ID exists). On success op holds what was stored, including its ETag.
+// operation ID exists). On success op.ETag is empty (see below): GetOperation before
+// UpdateOperation.
 func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Current) error {
 	if op.ID == currentRowKey {
 		return fmt.Errorf("store: operation ID %q is reserved", op.ID)
@@ -167,7 +168,8 @@ func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Curren
 	if op.CreatedAt.IsZero() {
 		op.CreatedAt = now
 	}
-	op.UpdatedAt = now
+	// Keep op equal to what is stored (millisecond UTC times), as a read would return it.
+	op.CreatedAt, op.UpdatedAt = norm(op.CreatedAt), norm(now)
 	opJSON, err := marshalOperation(op)
 	if err != nil {
 		return err
@@ -195,14 +197,10 @@ func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Curren
 	if err != nil {
 		return mapErr("create operation", err)
 	}
-	// The transaction response carries no ETags (the SDK drops them), so read the operation
-	// back. Nothing else writes it before it is enqueued, so this is what we stored; take it
-	// whole anyway so that op and its ETag always belong together.
-	got, err := s.GetOperation(ctx, op.DeviceID, op.ID)
-	if err != nil {
-		return fmt.Errorf("store: read back created operation: %w", err)
-	}
-	*op = *got
+	// The transaction answer carries no ETags (the SDK drops them). Reading the operation
+	// back would cost a storage transaction on every register for a value only the rare
+	// abandon path needs, so op.ETag is left empty: read the operation before updating it.
+	op.ETag = ""
 	return nil
 }
 
