@@ -151,6 +151,8 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 		DPSTimeout:      2 * time.Minute,
 		KeyRetention:    cfg.KeyRetention,
 		OpRetention:     cfg.OperationRetention,
+		Stalls:          st,
+		StallAfter:      cfg.StallAfter,
 		Log:             log,
 	}
 	return a, nil

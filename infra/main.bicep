@@ -124,6 +124,8 @@ param registrationMinInterval string = '1m'
 @description('Must equal host.json extensions.queues.maxDequeueCount.')
 param maxDequeueCount string = '5'
 param maxAttempts string = '100'
+@description('An operation in flight that has not moved for this long is re-queued by the purge timer; at least 3m.')
+param stallAfter string = '10m'
 param secretCacheTtl string = '5m'
 param caSecretName string = 'iotprov-ca'
 param dataKeySecretName string = 'iotprov-data-key'
@@ -279,6 +281,7 @@ module functionApp 'modules/functionapp.bicep' = {
     registrationMinInterval: registrationMinInterval
     maxDequeueCount: maxDequeueCount
     maxAttempts: maxAttempts
+    stallAfter: stallAfter
     secretCacheTtl: secretCacheTtl
     caSecretName: caSecretName
     dataKeySecretName: dataKeySecretName

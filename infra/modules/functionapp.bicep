@@ -67,6 +67,7 @@ param operationRetention string
 param registrationMinInterval string
 param maxDequeueCount string
 param maxAttempts string
+param stallAfter string
 param secretCacheTtl string
 param caSecretName string
 param dataKeySecretName string
@@ -143,6 +144,7 @@ var appSettings = {
   IOTPROV_REGISTRATION_MIN_INTERVAL: registrationMinInterval
   IOTPROV_MAX_DEQUEUE_COUNT: maxDequeueCount
   IOTPROV_MAX_ATTEMPTS: maxAttempts
+  IOTPROV_STALL_AFTER: stallAfter
   IOTPROV_LOG_LEVEL: logLevel
   // app-settings:end
 }

@@ -50,6 +50,7 @@ const (
 	RegistrationInterval = "IOTPROV_REGISTRATION_MIN_INTERVAL"
 	MaxDequeueCount      = "IOTPROV_MAX_DEQUEUE_COUNT"
 	MaxAttempts          = "IOTPROV_MAX_ATTEMPTS"
+	StallAfter           = "IOTPROV_STALL_AFTER"
 	ListenAddr           = "IOTPROV_LISTEN_ADDR"
 	SASKeyGroups         = "IOTPROV_SAS_KEY_GROUPS"
 	BeamPSKSecret        = "IOTPROV_BEAM_PSK_SECRET"
@@ -116,6 +117,9 @@ var Settings = []Setting{
 	{RegistrationInterval, "1m", "Minimum time between two new registrations of one device (429 otherwise); 0 disables."},
 	{MaxDequeueCount, "5", "Must equal host.json extensions.queues.maxDequeueCount: on the last delivery a failing operation is marked failed instead of left to the poison queue."},
 	{MaxAttempts, "100", "How many times one operation may be deferred by transient DPS or Key Vault errors before it fails."},
+	// StallAfter's floor: below the worker's DPS timeout (2 min) plus a deferral, a sweep
+	// would re-queue (and charge an attempt to) operations that are being worked on.
+	{StallAfter, "10m", "An operation in flight that has not moved for this long is re-queued by the purge timer (an attempt each time); at least 3m, above the 2 min given to DPS."},
 	{ListenAddr, "127.0.0.1:7071", "Local runner only: the address of the device API."},
 	{LogLevel, "info", "debug, info, warn or error."},
 }
@@ -174,6 +178,7 @@ type Config struct {
 	RegistrationInterval time.Duration
 	MaxDequeueCount      int
 	MaxAttempts          int
+	StallAfter           time.Duration
 	LogLevel             string
 }
 
@@ -236,6 +241,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		RegistrationInterval: l.duration(RegistrationInterval, 0, 365*24*time.Hour),
 		MaxDequeueCount:      l.integer(MaxDequeueCount, 1, 100),
 		MaxAttempts:          l.integer(MaxAttempts, 1, 100000),
+		StallAfter:           l.duration(StallAfter, 3*time.Minute, 7*24*time.Hour),
 		LogLevel:             l.oneOf(LogLevel, "debug", "info", "warn", "error"),
 	}
 	c.Functions = c.CustomHandlerPort != ""

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func env(m map[string]string) func(string) string {
@@ -26,7 +27,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Functions || c.ListenAddr != "127.0.0.1:7071" || c.SecretSource != "keyvault" || c.KeyAlgorithm != "ecdsa-p256" ||
-		c.MaxDequeueCount != 5 || len(c.AuthMethods) != 1 || c.AuthMethods[0] != "sas" || c.CertValidity.Hours() != 8760 {
+		c.MaxDequeueCount != 5 || c.StallAfter != 10*time.Minute || len(c.AuthMethods) != 1 || c.AuthMethods[0] != "sas" || c.CertValidity.Hours() != 8760 {
 		t.Errorf("defaults: %+v", c)
 	}
 	m := minimal()
@@ -61,6 +62,8 @@ func TestLoadRefusesBadSettings(t *testing.T) {
 		{"fail/jwt-leeway", JWTLeeway, "1h"},
 		{"fail/x509-trust", X509TrustForwarded, "maybe"},
 		{"fail/policy", DevicePolicy, "strict"},
+		{"fail/stall-after-too-short", StallAfter, "1m"},
+		{"fail/stall-after", StallAfter, "never"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -29,6 +29,11 @@ type Operations interface {
 	Purge(ctx context.Context, now time.Time, keyRetention, opRetention time.Duration) (int, int, error)
 }
 
+// StalledLister finds in-flight operations that have not moved since a time (store.Store).
+type StalledLister interface {
+	Stalled(ctx context.Context, before time.Time, limit int) ([]*store.Operation, error)
+}
+
 // Enqueuer puts an operation back on the queue with a delay (throttling, outages).
 type Enqueuer interface {
 	Enqueue(ctx context.Context, m queue.Message, delay time.Duration) error
@@ -74,6 +79,9 @@ type Worker struct {
 	DPSTimeout      time.Duration // one register-and-poll attempt
 	KeyRetention    time.Duration
 	OpRetention     time.Duration
+	Stalls          StalledLister // nil: purge does not sweep stalled operations
+	StallAfter      time.Duration // an in-flight operation idle this long is re-queued by purge
+	SweepLimit      int           // operations one sweep handles; 0 means DefaultSweepLimit
 	Now             func() time.Time
 	Log             *slog.Logger
 }
@@ -330,11 +338,79 @@ func (w *Worker) fail(ctx context.Context, log *slog.Logger, op *store.Operation
 	return nil
 }
 
-// Purge erases key material past its retention and deletes old operations.
+// Purge erases key material past its retention, deletes old operations, and sweeps
+// stalled ones. A failure of one does not stop the other: they guard different promises.
 func (w *Worker) Purge(ctx context.Context) error {
-	keys, ops, err := w.Ops.Purge(ctx, w.now(), w.KeyRetention, w.OpRetention)
-	w.logger().Info("purge", "keysErased", keys, "operationsDeleted", ops, "err", err)
-	return err
+	keys, ops, perr := w.Ops.Purge(ctx, w.now(), w.KeyRetention, w.OpRetention)
+	w.logger().Info("purge", "keysErased", keys, "operationsDeleted", ops, "err", perr)
+	requeued, failed, serr := w.Sweep(ctx)
+	w.logger().Info("purge: stalled operations swept", "requeued", requeued, "failed", failed, "err", serr)
+	return errors.Join(perr, serr)
+}
+
+// DefaultSweepLimit bounds one sweep, so a timer run stays short even after an outage
+// that stranded many operations; the next run (whose writes moved these on) takes the rest.
+const DefaultSweepLimit = 500
+
+// Sweep re-queues in-flight operations (queued or issued) that have not moved for
+// StallAfter: their message was lost (the handler died between the table write and the
+// enqueue) or went to the poison queue while storage was down, and a device that only
+// polls would otherwise wait forever. Each re-queue counts as an attempt, so an operation
+// that stalls for good ends failed (provisioning_retries_exhausted) after MaxAttempts.
+//
+// The attempt is written (ETag-conditional) before the message is sent: an operation
+// that moved since it was listed is alive and left alone, and two sweeps cannot both
+// re-queue it. A duplicate of a message still in flight is harmless: the worker's writes
+// are ETag-conditional and a finished operation's message is acknowledged.
+func (w *Worker) Sweep(ctx context.Context) (requeued, failed int, err error) {
+	if w.Stalls == nil || w.StallAfter <= 0 {
+		return 0, 0, nil
+	}
+	limit := w.SweepLimit
+	if limit <= 0 {
+		limit = DefaultSweepLimit
+	}
+	stalled, err := w.Stalls.Stalled(ctx, w.now().Add(-w.StallAfter), limit)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sweep: list stalled operations: %w", err)
+	}
+	for _, op := range stalled {
+		log := w.logger().With("operationId", op.ID, "deviceId", op.DeviceID, "status", op.Status, "since", op.UpdatedAt)
+		op.Attempts++
+		exhausted := op.Attempts >= w.MaxAttempts
+		if exhausted {
+			message := fmt.Sprintf("Provisioning stalled: the operation made no progress for %s, %d times. Retries exhausted; register again.",
+				w.StallAfter, op.Attempts)
+			if op.ErrorMessage != "" {
+				message += " Last error: " + op.ErrorMessage
+			}
+			op.Status = store.StatusFailed
+			op.ErrorCode, op.ErrorMessage = CodeRetriesExhausted, message
+			op.AssignedAt = w.now().UTC() // when it ended: the key-retention clock starts here
+		}
+		switch err := w.Ops.UpdateOperation(ctx, op); {
+		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+			log.Info("sweep: operation moved on since it was listed; left alone")
+			continue
+		case err != nil:
+			// Storage is failing: stop here; the next timer run starts over.
+			return requeued, failed, fmt.Errorf("sweep: record attempt: %w", err)
+		}
+		if exhausted {
+			failed++
+			log.Error("sweep: stalled operation failed", "code", CodeRetriesExhausted, "attempts", op.Attempts)
+			continue
+		}
+		if err := w.Queue.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: op.DeviceID}, 0); err != nil {
+			// The attempt is recorded and UpdatedAt moved, so the next sweep after
+			// StallAfter tries again; stop now rather than burn an attempt on every
+			// operation while the queue is down.
+			return requeued, failed, fmt.Errorf("sweep: re-enqueue: %w", err)
+		}
+		requeued++
+		log.Warn("sweep: re-queued a stalled operation", "attempt", op.Attempts)
+	}
+	return requeued, failed, nil
 }
 
 func (w *Worker) now() time.Time {

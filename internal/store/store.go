@@ -319,6 +319,45 @@ func (s *Store) Purge(ctx context.Context, now time.Time, keyRetention, opRetent
 	return keysErased, opsDeleted, nil
 }
 
+// Stalled returns at most limit in-flight operations (queued or issued) whose UpdatedAt is
+// before the given time: work that no queue message is carrying any more (a message lost
+// between the table write and the enqueue, or given up to the poison queue while storage
+// was down). The service filters on status and time, so a sweep reads only the stalled
+// rows, whatever the size of the table; a page counts as one transaction. Rows come in key
+// order, so a sweep that moves each one on (a write bumps UpdatedAt) reaches the rest on
+// its next run.
+func (s *Store) Stalled(ctx context.Context, before time.Time, limit int) ([]*Operation, error) {
+	if limit <= 0 {
+		return nil, nil
+	}
+	lit := "datetime'" + norm(before).Format("2006-01-02T15:04:05.0000000Z") + "'"
+	filter := fmt.Sprintf("RowKey ne '%s' and (Status eq '%s' or Status eq '%s') and UpdatedAt lt %s",
+		currentRowKey, StatusQueued, StatusIssued, lit)
+	pager := s.ops.NewListEntitiesPager(&aztables.ListEntitiesOptions{
+		Filter: &filter,
+		Top:    to.Ptr(int32(min(limit, 1000))), // Tables' page size limit
+	})
+	var stalled []*Operation
+	for pager.More() && len(stalled) < limit {
+		s.count()
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return stalled, mapErr("list stalled operations", err)
+		}
+		for _, raw := range page.Entities {
+			op, err := unmarshalOperation(raw)
+			if err != nil {
+				continue // a corrupt row is left for an operator, as in Purge
+			}
+			stalled = append(stalled, op)
+			if len(stalled) == limit {
+				break
+			}
+		}
+	}
+	return stalled, nil
+}
+
 // deleteOperation deletes op (as read) and, in the same transaction, the device's link if
 // it points at op. false, nil when something changed meanwhile.
 func (s *Store) deleteOperation(ctx context.Context, op *Operation) (bool, error) {
