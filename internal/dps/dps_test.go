@@ -16,27 +16,10 @@ import (
 
 	"github.com/iotprov/iotprov/internal/dpsemu"
 	"github.com/iotprov/iotprov/internal/dpsemu/dpsemutest"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
-// fakeClock is a settable clock for the emulator's quota and poll windows.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Now()} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
+func newFakeClock() *testenv.Clock { return testenv.NewClock(time.Now()) }
 
 func newClient(t *testing.T, srv *httptest.Server, pki *dpsemutest.PKI, scope string) *Client {
 	t.Helper()

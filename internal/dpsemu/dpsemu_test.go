@@ -16,26 +16,10 @@ import (
 
 	"github.com/iotprov/iotprov/internal/dpsemu"
 	"github.com/iotprov/iotprov/internal/dpsemu/dpsemutest"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 const scope = "0ne00000000"
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // device is a raw HTTPS client presenting one certificate, to see the emulator's
 // answers byte for byte rather than through the dps client.
@@ -191,7 +175,7 @@ func TestRegistrationFlow(t *testing.T) {
 }
 
 func TestAssigning(t *testing.T) {
-	clock := &fakeClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	_, srv, pki := dpsemutest.Start(t, dpsemu.Config{AssignDelay: 5 * time.Second, PollRetryAfter: 3 * time.Second, Now: clock.Now})
 	d := newDevice(t, srv, pki, pki.Device(t, "dev-1"))
 	op, _ := d.register("dev-1").body["operationId"].(string)
@@ -258,7 +242,7 @@ func TestErrors(t *testing.T) {
 }
 
 func TestThrottling(t *testing.T) {
-	clock := &fakeClock{now: time.Now()}
+	clock := testenv.NewClock(time.Now())
 	emu, srv, pki := dpsemutest.Start(t, dpsemu.Config{QuotaPerMinute: 3, PollLimit: 5, Now: clock.Now})
 	var ops []string
 	devs := map[string]*device{}

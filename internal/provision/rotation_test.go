@@ -13,25 +13,8 @@ import (
 	"github.com/iotprov/iotprov/internal/secrets"
 	"github.com/iotprov/iotprov/internal/secrets/kvtest"
 	"github.com/iotprov/iotprov/internal/store"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
-
-// testClock is a settable clock shared by the secret cache, the CA loader and the worker.
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // syncBuffer collects log output written from the worker.
 type syncBuffer struct {
@@ -63,13 +46,13 @@ type vaultFixture struct {
 	*fixture
 	kv     *kvtest.Server
 	cached *secrets.Cached
-	clock  *testClock
+	clock  *testenv.Clock
 	logs   *syncBuffer
 }
 
 func newVaultFixture(t *testing.T, ops ...store.Operation) *vaultFixture {
 	t.Helper()
-	f := &vaultFixture{fixture: newFixture(t, ops...), kv: kvtest.NewServer(t), clock: &testClock{t: time.Now()}, logs: &syncBuffer{}}
+	f := &vaultFixture{fixture: newFixture(t, ops...), kv: kvtest.NewServer(t), clock: testenv.NewClock(time.Now()), logs: &syncBuffer{}}
 	src, err := secrets.NewKeyVaultSource(f.kv.URL(), f.kv.Credential(), f.kv.ClientOptions())
 	if err != nil {
 		t.Fatal(err)
