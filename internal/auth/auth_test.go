@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strings"
 	"testing"
 
+	"github.com/iotprov/iotprov/internal/config"
 	"github.com/iotprov/iotprov/internal/errcode"
 )
 
@@ -99,13 +101,88 @@ func TestChainEmpty(t *testing.T) {
 func TestChainChallenges(t *testing.T) {
 	c := Chain{
 		NewSAS(SASConfig{}),
-		&fakeAuthenticator{method: "x509"},
+		&fakeAuthenticator{method: "silent"}, // an empty challenge is skipped, not sent as an empty line
 		&fakeAuthenticator{method: "jwt", challenge: `Bearer realm="iotprov"`},
 	}
 	want := []string{"SharedAccessSignature", `Bearer realm="iotprov"`}
 	if got := c.Challenges(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Challenges() = %q, want %q", got, want)
 	}
+}
+
+// TestChainChallengesEveryMethod: DESIGN.md §2 wants WWW-Authenticate on every 401, and
+// the header is built from the chain's challenges only, so every method the service can
+// enable must contribute one — alone (a deployment with only beam, or only x509, must
+// still send the header) and together (one distinct line per method, in chain order).
+func TestChainChallengesEveryMethod(t *testing.T) {
+	// One constructor per method the configuration accepts, built as handler/app.go does
+	// but with zero settings: the challenge must not depend on them.
+	build := map[string]func() Authenticator{
+		"sas":  func() Authenticator { return NewSAS(SASConfig{}) },
+		"beam": func() Authenticator { return NewBeam(BeamConfig{}) },
+		"jwt":  func() Authenticator { return NewJWT(JWTConfig{}) },
+		"x509": func() Authenticator { return NewX509(X509Config{}) },
+	}
+	want := map[string]string{
+		"sas":  "SharedAccessSignature",
+		"beam": "SoracomBeam",
+		"jwt":  "Bearer",
+		"x509": "ClientCertificate",
+	}
+	var all Chain
+	var wantAll []string
+	for _, m := range config.KnownAuthMethods {
+		t.Run("ok/"+m+"-alone", func(t *testing.T) {
+			newAuth, ok := build[m]
+			if !ok {
+				t.Fatalf("config.KnownAuthMethods has %q: add it here with its challenge", m)
+			}
+			a := newAuth()
+			if a.Method() != m {
+				t.Fatalf("Method() = %q, want %q", a.Method(), m)
+			}
+			got := Chain{a}.Challenges()
+			if len(got) != 1 || got[0] != want[m] {
+				t.Fatalf("a chain of %s alone challenges %q, want [%q]", m, got, want[m])
+			}
+			if !isToken(got[0]) {
+				t.Fatalf("challenge %q is not an RFC 9110 auth-scheme token", got[0])
+			}
+		})
+		if newAuth, ok := build[m]; ok {
+			all = append(all, newAuth())
+			wantAll = append(wantAll, want[m])
+		}
+	}
+	t.Run("ok/all-in-order", func(t *testing.T) {
+		got := all.Challenges()
+		if !reflect.DeepEqual(got, wantAll) {
+			t.Fatalf("Challenges() = %q, want %q", got, wantAll)
+		}
+		seen := map[string]bool{}
+		for _, c := range got {
+			if seen[strings.ToLower(c)] {
+				t.Fatalf("challenge %q appears twice (schemes are case-insensitive)", c)
+			}
+			seen[strings.ToLower(c)] = true
+		}
+	})
+}
+
+// isToken reports whether s is an RFC 9110 token (tchar+), what an auth-scheme must be.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+		case strings.ContainsRune("!#$%&'*+-.^_`|~", r):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func TestIdentityKey(t *testing.T) {

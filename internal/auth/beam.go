@@ -92,8 +92,15 @@ func NewBeam(cfg BeamConfig) *Beam {
 // Method returns "beam".
 func (b *Beam) Method() string { return "beam" }
 
-// Challenge is empty: Beam headers are added by the network, not answered to a challenge.
-func (b *Beam) Challenge() string { return "" }
+// beamScheme names SORACOM Beam in WWW-Authenticate. It is not an Authorization scheme:
+// the device does not answer the challenge itself (Beam adds the signed headers on the
+// network's side), but DESIGN.md §2 wants every 401 to say how to authenticate, and a
+// deployment with only beam enabled would otherwise answer 401 with no header at all.
+// The name is SORACOM's product name in the auth-scheme token form (RFC 9110 §11.1).
+const beamScheme = "SoracomBeam"
+
+// Challenge returns the WWW-Authenticate challenge naming SORACOM Beam.
+func (b *Beam) Challenge() string { return beamScheme }
 
 // BeamHeaders is the parsed set of Beam identity headers.
 type BeamHeaders struct {

@@ -84,6 +84,14 @@ func staticSecret(b []byte) SecretFunc {
 	return func(context.Context) ([]byte, error) { return b, nil }
 }
 
+// TestBeamChallenge: the network, not the device, answers it, but a 401 must still name
+// the method (DESIGN.md §2), so the challenge is never empty.
+func TestBeamChallenge(t *testing.T) {
+	if got := NewBeam(BeamConfig{}).Challenge(); got != "SoracomBeam" {
+		t.Fatalf("Challenge() = %q, want SoracomBeam", got)
+	}
+}
+
 func TestBeamAuthenticate(t *testing.T) {
 	psk := []byte("the-beam-psk")
 	now := time.Unix(1_800_000_000, 0)

@@ -65,8 +65,15 @@ func NewX509(cfg X509Config) *X509 {
 // Method returns "x509".
 func (a *X509) Method() string { return "x509" }
 
-// Challenge is empty: a client certificate is asked for by TLS, not by WWW-Authenticate.
-func (a *X509) Challenge() string { return "" }
+// x509Scheme names client-certificate authentication in WWW-Authenticate. TLS, not HTTP,
+// asks for the certificate, so there is no registered scheme; but DESIGN.md §2 wants every
+// 401 to say how to authenticate, and a deployment with only x509 enabled would otherwise
+// answer 401 with no header at all. "ClientCertificate" is what the device must present
+// (in the handshake, or via App Service's X-ARR-ClientCert), as an RFC 9110 auth-scheme token.
+const x509Scheme = "ClientCertificate"
+
+// Challenge returns the WWW-Authenticate challenge naming a TLS client certificate.
+func (a *X509) Challenge() string { return x509Scheme }
 
 // ParseClientCertHeader decodes X-ARR-ClientCert (untrusted: fuzz it): base64 DER as App
 // Service sends it, or a PEM certificate, possibly URL-escaped as some proxies send it.

@@ -76,6 +76,16 @@ func parseChain(chain []byte) []*x509.Certificate {
 
 func headerOf(c *x509.Certificate) string { return base64.StdEncoding.EncodeToString(c.Raw) }
 
+// TestX509Challenge: TLS asks for the certificate, but a 401 must still name the method
+// (DESIGN.md §2), so the challenge is never empty, trusted header or not.
+func TestX509Challenge(t *testing.T) {
+	for _, trust := range []bool{false, true} {
+		if got := NewX509(X509Config{TrustForwardedHeader: trust}).Challenge(); got != "ClientCertificate" {
+			t.Fatalf("Challenge() (trust X-ARR-ClientCert %v) = %q, want ClientCertificate", trust, got)
+		}
+	}
+}
+
 func TestX509Authenticate(t *testing.T) {
 	f := x509Fixtures()
 	rootOnly := f.root.CertificatePEM()

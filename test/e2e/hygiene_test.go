@@ -3,14 +3,20 @@ package e2e
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +24,7 @@ import (
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/store"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 // keyForms returns the ways a PKCS#8 PEM private key could show up in a stored row or
@@ -126,31 +133,59 @@ func TestKeysAtRest(t *testing.T) {
 // logSecrets is one authentication method's full flow on a stack, returning every secret
 // the flow involved: none may appear in the handler's log.
 type logSecrets struct {
-	name     string
-	settings map[string]string
+	name string
+	// settings over the sample's (which enables every method); a function so a case can
+	// take a free port.
+	settings func(t *testing.T) map[string]string
 	flow     func(t *testing.T, s *devstack.Stack) []secret
+	// refusals is how many refused requests the flow sends: each must have left its line.
+	refusals int
+	// markers are substrings no log line may hold in this case, beyond the shared ones.
+	markers []string
 }
 
 type secret struct{ what, value string }
 
-// TestLogsHoldNoSecrets runs a full flow per authentication method (SAS today; add a case
-// per method) at debug level, plus refused requests, and fails on any key, token,
-// signature, PSK, group key or PEM in the handler's log.
+// TestLogsHoldNoSecrets runs a full flow per authentication method at debug level, plus
+// refused requests, and fails on any key, token, signature, PSK, group key or PEM in the
+// handler's log. The beam, jwt and x509 cases run with that method alone enabled, so
+// their refusals also show that such a deployment still answers 401 with a
+// WWW-Authenticate naming the method (DESIGN.md §2).
 func TestLogsHoldNoSecrets(t *testing.T) {
+	only := func(method string) func(*testing.T) map[string]string {
+		return func(*testing.T) map[string]string { return map[string]string{"IOTPROV_AUTH_METHODS": method} }
+	}
 	cases := []logSecrets{
-		{name: "sas", flow: sasFlowSecrets},
+		{name: "sas", flow: sasFlowSecrets, refusals: 2},
+		{name: "beam", settings: only("beam"), flow: beamFlowSecrets, refusals: 2},
+		// Every JWT begins with a base64url `{"` (eyJ), header and claims alike.
+		{name: "jwt", settings: only("jwt"), flow: jwtFlowSecrets, refusals: 3, markers: []string{"eyJ", "Bearer "}},
+		{name: "x509", settings: func(t *testing.T) map[string]string {
+			return map[string]string{"IOTPROV_AUTH_METHODS": "x509",
+				"IOTPROV_TLS_LISTEN_ADDR": fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t))}
+		}, flow: x509FlowSecrets, refusals: 2},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			settings := map[string]string{"IOTPROV_LOG_LEVEL": "debug"}
-			for k, v := range tc.settings {
-				settings[k] = v
+			if tc.settings != nil {
+				for k, v := range tc.settings(t) {
+					settings[k] = v
+				}
 			}
 			s := startStack(t, stackOptions{Settings: settings})
 			secrets := append(tc.flow(t, s), stackSecrets(t, s)...)
+			// Stop first: the handler's output reaches the capture through a pipe, so
+			// reading it while the handler runs can miss the last lines (the refusals).
+			// Stop waits for the process and its output; the cleanup's Stop is then a no-op.
+			s.Stop()
 			logs := s.Output("handler")
 			if countLines(logs, `"operationId"`) == 0 {
 				t.Fatalf("the handler logged no operation line: is the log captured?\n%s", logs)
+			}
+			// The refusals must have left their lines, or their clean logs prove nothing.
+			if n := countLines(logs, "request refused", `"status":401`); n < tc.refusals {
+				t.Fatalf("the handler logged %d refused requests, want %d: is the log captured?\n%s", n, tc.refusals, logs)
 			}
 			for _, sec := range secrets {
 				if len(sec.value) < 8 {
@@ -160,7 +195,8 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 					t.Errorf("the handler log holds %s", sec.what)
 				}
 			}
-			for _, marker := range []string{"-----BEGIN", "PRIVATE KEY", "SharedAccessSignature", "sig="} {
+			markers := append([]string{"-----BEGIN", "PRIVATE KEY", "SharedAccessSignature", "sig="}, tc.markers...)
+			for _, marker := range markers {
 				if strings.Contains(logs, marker) {
 					t.Errorf("the handler log holds %q", marker)
 				}
@@ -169,7 +205,8 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	}
 }
 
-// stackSecrets are the stack's own secrets: the data key, the CA key, the group key, the PSK.
+// stackSecrets are the stack's own secrets: the data key, the CA key, the group key, the
+// PSK, and the private keys of the dev JWT issuer and the dev manufacturer CA.
 func stackSecrets(t *testing.T, s *devstack.Stack) []secret {
 	t.Helper()
 	var out []secret
@@ -192,7 +229,36 @@ func stackSecrets(t *testing.T, s *devstack.Stack) []secret {
 			out = append(out, secret{"secret " + name + " (hex)", hex.EncodeToString(raw)})
 		}
 	}
+	for what, file := range map[string]string{
+		"the dev JWT signing key":       s.Material.JWTSigningKeyFile(),
+		"the dev manufacturer CA's key": s.Material.ManufacturerCAFile(),
+	} {
+		if key, ok := privateKeyPEM(t, file); ok {
+			for _, form := range keyForms(t, key) {
+				out = append(out, secret{what, form})
+			}
+		}
+	}
 	return out
+}
+
+// privateKeyPEM returns the private-key block of a PEM file (which may also hold
+// certificates), re-encoded alone; false when the file or the block is absent.
+func privateKeyPEM(t *testing.T, file string) (string, bool) {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", false
+	}
+	for rest := b; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			return "", false
+		}
+		if strings.Contains(blk.Type, "PRIVATE KEY") {
+			return string(pem.EncodeToMemory(blk)), true
+		}
+	}
 }
 
 // sasFlowSecrets registers and polls a SAS device to assignment, then sends a token with
@@ -215,10 +281,19 @@ func sasFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 	deviceKey := auth.DeriveDeviceKey(decodeB64(t, strings.TrimSpace(string(b))), d.id)
 	expired := auth.NewSASToken(deviceKey, d.id, time.Now().Add(-time.Hour).Unix(), "registration")
 	forged := strings.Replace(d.auth, "sig=", "sig=AAAA", 1)
+	// The sample enables every method: one challenge each, in the configured order.
+	var want []string
+	for _, m := range strings.Split(s.Settings()["IOTPROV_AUTH_METHODS"], ",") {
+		want = append(want, methodChallenges[strings.TrimSpace(m)])
+	}
 	for _, tok := range []string{expired, forged} {
 		bad := &fleetDevice{id: d.id, auth: tok}
-		if status, _, _ := f.call(ctx, bad, http.MethodPost, "/v1/provisioning/azure/iot/register"); status != http.StatusUnauthorized {
+		status, hdr, _ := f.call(ctx, bad, http.MethodPost, "/v1/provisioning/azure/iot/register")
+		if status != http.StatusUnauthorized {
 			t.Errorf("refused token answered %d, want 401", status)
+		}
+		if got := hdr.Values("WWW-Authenticate"); !slices.Equal(got, want) {
+			t.Errorf("refused token: WWW-Authenticate %q, want %q", got, want)
 		}
 	}
 	out := []secret{
@@ -237,4 +312,196 @@ func sasFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 		out = append(out, secret{"the issued private key", form})
 	}
 	return out
+}
+
+// methodChallenges is the WWW-Authenticate challenge each method sends (internal/auth).
+var methodChallenges = map[string]string{
+	"sas": "SharedAccessSignature", "beam": "SoracomBeam", "jwt": "Bearer", "x509": "ClientCertificate",
+}
+
+// hygieneCLI runs the iotprov CLI startStack built, as an operator mints credentials.
+func hygieneCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(os.Getenv("E2E_BIN"), "iotprov"), args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("iotprov %v: %v\n%s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// hygieneRefused sends a register request that must be refused with 401 code and exactly
+// the one challenge of the stack's only enabled method.
+func hygieneRefused(t *testing.T, client *http.Client, base string, headers map[string]string, code, challenge string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, base+"/v1/provisioning/azure/iot/register", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+		t.Fatalf("refusal is not JSON: %v", err)
+	}
+	if res.StatusCode != http.StatusUnauthorized || errorCode(body) != code {
+		t.Errorf("answered %d %v, want 401 %s", res.StatusCode, body, code)
+	}
+	if got := res.Header.Values("WWW-Authenticate"); !slices.Equal(got, []string{challenge}) {
+		t.Errorf("WWW-Authenticate %q, want [%q]", got, challenge)
+	}
+}
+
+// issuedKeySecrets are the forms of the private key the service issued in an answer.
+func issuedKeySecrets(t *testing.T, res map[string]any) []secret {
+	t.Helper()
+	key, _ := res["privateKey"].(string)
+	if key == "" {
+		t.Fatalf("the assigned answer has no private key: %v", res)
+	}
+	var out []secret
+	for _, form := range keyForms(t, key) {
+		out = append(out, secret{"the issued private key", form})
+	}
+	return out
+}
+
+// beamFlowSecrets provisions a SIM through Beam-signed headers (minted by `iotprov beam`
+// with the stack's PSK), then sends a tampered signature and a tampered IMSI, and returns
+// the PSK and every signature.
+func beamFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
+	const imsi = "295000012345670"
+	pskFile := s.Material.SecretFile(devstack.SecretBeamPSK)
+	hdr := map[string]string{}
+	for _, line := range strings.Split(hygieneCLI(t, "beam", "--psk-file", pskFile, "--imsi", imsi, "--imei", "860000012345678"), "\n") {
+		k, v, _ := strings.Cut(strings.TrimPrefix(line, "-H "), ":")
+		hdr[k] = v
+	}
+	sig := hdr[auth.BeamHeaderSignature]
+	if len(sig) != 64 {
+		t.Fatalf("iotprov beam printed no signature: %v", hdr)
+	}
+	d := &flowDevice{t: t, base: s.BaseURL, client: http.DefaultClient, headers: hdr}
+	res := d.flow()
+	verifyDeviceChain(t, s, []byte(res["certificate"].(string)), imsi)
+
+	// A tampered signature (last hex digit changed) and a tampered IMSI under the real one.
+	tamperedSig := sig[:len(sig)-1] + "0"
+	if sig[len(sig)-1] == '0' {
+		tamperedSig = sig[:len(sig)-1] + "1"
+	}
+	bad := maps.Clone(hdr)
+	bad[auth.BeamHeaderSignature] = tamperedSig
+	hygieneRefused(t, http.DefaultClient, s.BaseURL, bad, "invalid_credential", "SoracomBeam")
+	bad = maps.Clone(hdr)
+	bad[auth.BeamHeaderIMSI] = "295000012345679"
+	hygieneRefused(t, http.DefaultClient, s.BaseURL, bad, "invalid_credential", "SoracomBeam")
+
+	psk, err := os.ReadFile(pskFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := []secret{
+		{"the Beam signature", sig},
+		{"the Beam signature (upper case)", strings.ToUpper(sig)},
+		{"the tampered Beam signature", tamperedSig},
+		{"the Beam PSK", strings.TrimSpace(string(psk))},
+	}
+	return append(out, issuedKeySecrets(t, res)...)
+}
+
+// jwtFlowSecrets provisions a device with a JWT from the dev issuer (`iotprov jwt`), then
+// sends a JWT for another audience, an expired one and one with a forged signature, and
+// returns every token and signature; the signing key is in stackSecrets.
+func jwtFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
+	const sub = "hygiene-jwt-1"
+	keyFile := s.Material.JWTSigningKeyFile()
+	good := hygieneCLI(t, "jwt", "--key-file", keyFile, "--sub", sub)
+	d := &flowDevice{t: t, base: s.BaseURL, client: http.DefaultClient, headers: map[string]string{"Authorization": good}}
+	res := d.flow()
+	verifyDeviceChain(t, s, []byte(res["certificate"].(string)), sub)
+
+	otherAud := hygieneCLI(t, "jwt", "--key-file", keyFile, "--sub", sub, "--aud", "someone-else")
+	expired := hygieneCLI(t, "jwt", "--key-file", keyFile, "--sub", sub, "--ttl", "-1h")
+	// The claims of the expired token under the good token's signature.
+	parts := strings.Split(strings.TrimPrefix(good, "Bearer "), ".")
+	expParts := strings.Split(strings.TrimPrefix(expired, "Bearer "), ".")
+	if len(parts) != 3 || len(expParts) != 3 {
+		t.Fatalf("iotprov jwt printed no JWT: %q", good)
+	}
+	forged := "Bearer " + expParts[0] + "." + expParts[1] + "." + parts[2]
+	for _, tc := range []struct{ tok, code string }{
+		{otherAud, "invalid_credential"},
+		{expired, "expired_credential"},
+		{forged, "invalid_credential"},
+	} {
+		hygieneRefused(t, http.DefaultClient, s.BaseURL, map[string]string{"Authorization": tc.tok}, tc.code, "Bearer")
+	}
+
+	var out []secret
+	for what, tok := range map[string]string{"the JWT": good, "the other-audience JWT": otherAud,
+		"the expired JWT": expired, "the forged JWT": forged} {
+		raw := strings.TrimPrefix(tok, "Bearer ")
+		p := strings.Split(raw, ".")
+		out = append(out, secret{what, raw}, secret{what + "'s signature", p[2]},
+			secret{what + "'s claims segment", p[1]})
+	}
+	return append(out, issuedKeySecrets(t, res)...)
+}
+
+// x509FlowSecrets provisions a device over the handler's TLS listener with a bootstrap
+// certificate (`iotprov bootstrap-cert` from the dev manufacturer CA), then sends an
+// untrusted X-ARR-ClientCert (the real bootstrap certificate, on the plain listener) and
+// a client certificate that does not chain to the manufacturer CA (the issued one), and
+// returns the bootstrap client key; the manufacturer CA key is in stackSecrets.
+func x509FlowSecrets(t *testing.T, s *devstack.Stack) []secret {
+	const cn = "hygiene-factory-1"
+	addr := s.Settings()["IOTPROV_TLS_LISTEN_ADDR"]
+	if addr == "" {
+		t.Fatal("the stack has no TLS listener")
+	}
+	work := t.TempDir()
+	certFile, keyFile := filepath.Join(work, "boot.pem"), filepath.Join(work, "boot-key.pem")
+	hygieneCLI(t, "bootstrap-cert", "--ca-file", s.Material.ManufacturerCAFile(), "--cn", cn,
+		"--out-cert", certFile, "--out-key", keyFile)
+	boot, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := s.TrustPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsClient := func(certs ...tls.Certificate) *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs: pool, Certificates: certs, MinVersion: tls.VersionTLS12}}}
+	}
+	base := "https://" + addr
+	d := &flowDevice{t: t, base: base, client: tlsClient(boot)}
+	res := d.flow()
+	verifyDeviceChain(t, s, []byte(res["certificate"].(string)), cn)
+
+	hygieneRefused(t, http.DefaultClient, s.BaseURL,
+		map[string]string{"X-ARR-ClientCert": base64.StdEncoding.EncodeToString(boot.Certificate[0])},
+		"untrusted_client_cert_header", "ClientCertificate")
+	issued, err := tls.X509KeyPair([]byte(res["certificate"].(string)), []byte(res["privateKey"].(string)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hygieneRefused(t, tlsClient(issued), base, nil, "invalid_credential", "ClientCertificate")
+
+	bootKey, err := os.ReadFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []secret
+	for _, form := range keyForms(t, string(bootKey)) {
+		out = append(out, secret{"the bootstrap client key", form})
+	}
+	return append(out, issuedKeySecrets(t, res)...)
 }
