@@ -18,8 +18,10 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -29,9 +31,11 @@ import (
 	"go/token"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -87,17 +91,42 @@ type contract struct {
 	base   string
 }
 
-func newContract(t *testing.T, base string) *contract {
+// newContract routes against base, and against more bases of the same service (the
+// local runner's TLS listener for x509 devices).
+func newContract(t *testing.T, base string, more ...string) *contract {
 	t.Helper()
 	doc := loadContract(t)
 	// The document's servers are Azure's and the default local port; the stack under
-	// test listens on a free port, so route against that instead.
+	// test listens on free ports, so route against those instead.
 	doc.Servers = openapi3.Servers{{URL: base}}
+	for _, b := range more {
+		doc.Servers = append(doc.Servers, &openapi3.Server{URL: b})
+	}
 	router, err := legacy.NewRouter(doc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &contract{doc: doc, router: router, base: base}
+}
+
+// tlsDevice is a device that calls the TLS listener, with a bootstrap client certificate
+// or none.
+type tlsDevice struct {
+	base   string
+	client *http.Client
+	leaf   *x509.Certificate // nil: the TLS handshake presents no client certificate
+}
+
+// newTLSDevice trusts roots for the listener and presents cert when not nil.
+func newTLSDevice(base string, roots *x509.CertPool, cert *tls.Certificate) *tlsDevice {
+	cfg := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	d := &tlsDevice{base: base}
+	if cert != nil {
+		cfg.Certificates = []tls.Certificate{*cert}
+		d.leaf = cert.Leaf
+	}
+	d.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	return d
 }
 
 // exchange is one request to the service and its answer.
@@ -123,7 +152,23 @@ type request struct {
 	// refuses for reasons the document states in its schemas (no credential, not JSON,
 	// too long, a malformed operation ID) must be refused by the validator too.
 	docValid bool
+	// security is the one alternative of the document's security requirements that the
+	// request satisfies, its scheme names sorted and joined by "+" (sas, jwt,
+	// beamImsi+beamSignature+beamTimestamp, x509, x509Forwarded); empty when it
+	// carries no credential the document describes.
+	security string
+	// via sends the request over the TLS listener; nil: the plain HTTP base.
+	via *tlsDevice
 }
+
+// Security requirement alternatives of docs/openapi.yaml, as request.security names them.
+const (
+	secSAS       = "sas"
+	secJWT       = "jwt"
+	secBeamIMSI  = "beamImsi+beamSignature+beamTimestamp"
+	secX509      = "x509"
+	secForwarded = "x509Forwarded"
+)
 
 // do sends r, validates request and answer against the document, and returns the answer.
 func (c *contract) do(t *testing.T, r request) exchange {
@@ -133,7 +178,11 @@ func (c *contract) do(t *testing.T, r request) exchange {
 		if r.body != "" {
 			body = bytes.NewReader([]byte(r.body))
 		}
-		req, err := http.NewRequest(r.method, c.base+r.path, body)
+		base := c.base
+		if r.via != nil {
+			base = r.via.base
+		}
+		req, err := http.NewRequest(r.method, base+r.path, body)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -142,8 +191,24 @@ func (c *contract) do(t *testing.T, r request) exchange {
 		}
 		return req
 	}
+	// asServed is the request as the service sees it: over TLS, with the client
+	// certificate the handshake presented, so that mutualTLS can be judged.
+	asServed := func() *http.Request {
+		req := newReq()
+		if r.via != nil {
+			req.TLS = &tls.ConnectionState{HandshakeComplete: true}
+			if r.via.leaf != nil {
+				req.TLS.PeerCertificates = []*x509.Certificate{r.via.leaf}
+			}
+		}
+		return req
+	}
 
-	res, err := http.DefaultClient.Do(newReq())
+	client := http.DefaultClient
+	if r.via != nil {
+		client = r.via.client
+	}
+	res, err := client.Do(newReq())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +224,7 @@ func (c *contract) do(t *testing.T, r request) exchange {
 
 	// The request, as the document sees it.
 	ctx := context.Background()
-	req := newReq()
+	req := asServed()
 	route, params, routeErr := c.router.FindRoute(req)
 	opts := &openapi3filter.Options{
 		IncludeResponseStatus: true, // an undocumented status is a failure, not a pass
@@ -178,12 +243,13 @@ func (c *contract) do(t *testing.T, r request) exchange {
 		if !r.docValid && err == nil {
 			t.Errorf("%s %s: the document accepts a request it should refuse", r.method, r.path)
 		}
+		c.checkSecurity(t, r, route, params, opts, asServed)
 	case errors.Is(routeErr, routers.ErrMethodNotAllowed):
 		// The answer to a wrong method is documented on the path's operation.
 		if r.docValid {
 			t.Errorf("%s %s: no such operation in the document", r.method, r.path)
 		}
-		other := newReq()
+		other := asServed()
 		for _, m := range []string{http.MethodGet, http.MethodPost} {
 			other.Method = m
 			if route, params, err := c.router.FindRoute(other); err == nil {
@@ -218,6 +284,33 @@ func (c *contract) do(t *testing.T, r request) exchange {
 		}
 	}
 	return x
+}
+
+// checkSecurity checks which of the document's security alternatives the request
+// satisfies, each judged alone (the validator stops at the first): exactly the one the
+// test names, or none. A credential the document cannot tell apart from another method's
+// would make the document ambiguous for clients.
+func (c *contract) checkSecurity(t *testing.T, r request, route *routers.Route, params map[string]string,
+	opts *openapi3filter.Options, newReq func() *http.Request) {
+	t.Helper()
+	reqs := c.doc.Security
+	if route.Operation.Security != nil {
+		reqs = *route.Operation.Security
+	}
+	var satisfied []string
+	for _, sr := range reqs {
+		in := &openapi3filter.RequestValidationInput{Request: newReq(), PathParams: params, Route: route, Options: opts}
+		if openapi3filter.ValidateSecurityRequirements(context.Background(), in, openapi3.SecurityRequirements{sr}) == nil {
+			satisfied = append(satisfied, strings.Join(slices.Sorted(maps.Keys(sr)), "+"))
+		}
+	}
+	var want []string
+	if r.security != "" {
+		want = []string{r.security}
+	}
+	if !slices.Equal(satisfied, want) {
+		t.Errorf("%s %s: satisfies the document's security alternatives %q, want %q", r.method, r.path, satisfied, want)
+	}
 }
 
 // checkOutsideDocument checks an answer to a path the document does not have: the one
@@ -318,16 +411,103 @@ func csrBody(t *testing.T, pemText string) string {
 	return string(b)
 }
 
-// TestOpenAPIContract drives the real handler through each case of docs/openapi.yaml.
-// It starts one stack and takes about 10 s on top of it.
+// credential is how a test device authenticates: the headers it sends, the document's
+// security alternative they satisfy, and, for x509, the TLS listener it calls.
+type credential struct {
+	header   map[string]string
+	security string
+	via      *tlsDevice
+}
+
+// request is a documented request with this credential.
+func (cr credential) request(method, path, body string) request {
+	h := cr.header
+	if body != "" {
+		h = withJSON(h)
+	}
+	return request{method: method, path: path, header: h, body: body, docValid: true, security: cr.security, via: cr.via}
+}
+
+// with returns the credential with one header changed (a tampered or forged credential).
+func (cr credential) with(name, value string) credential {
+	h := map[string]string{}
+	for k, v := range cr.header {
+		h[k] = v
+	}
+	h[name] = value
+	cr.header = h
+	return cr
+}
+
+// cliCredentials mints credentials with the iotprov CLI, as an operator would.
+type cliCredentials struct {
+	t   *testing.T
+	bin string
+	s   *devstack.Stack
+}
+
+func (k cliCredentials) run(args ...string) string {
+	k.t.Helper()
+	out, err := exec.Command(k.bin, args...).CombinedOutput()
+	if err != nil {
+		k.t.Fatalf("iotprov %s: %v\n%s", args[0], err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// beam returns SORACOM Beam signed headers for an IMSI, signed now.
+func (k cliCredentials) beam(imsi string) credential {
+	k.t.Helper()
+	h := map[string]string{}
+	for _, line := range strings.Split(k.run("beam", "--psk-file", k.s.Material.SecretFile(devstack.SecretBeamPSK),
+		"--imsi", imsi, "--imei", "860000012345678"), "\n") {
+		name, v, ok := strings.Cut(strings.TrimPrefix(line, "-H "), ":")
+		if !ok {
+			k.t.Fatalf("iotprov beam printed %q", line)
+		}
+		h[name] = v
+	}
+	return credential{header: h, security: secBeamIMSI}
+}
+
+// jwt returns a Bearer token for sub from the stack's dev issuer; args override claims.
+func (k cliCredentials) jwt(sub string, args ...string) credential {
+	k.t.Helper()
+	tok := k.run(append([]string{"jwt", "--key-file", k.s.Material.JWTSigningKeyFile(), "--sub", sub}, args...)...)
+	return credential{header: map[string]string{"Authorization": tok}, security: secJWT}
+}
+
+// bootstrapCert returns a factory certificate with this CN from the stack's manufacturer CA.
+func (k cliCredentials) bootstrapCert(cn string) tls.Certificate {
+	k.t.Helper()
+	dir := k.t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "boot.pem"), filepath.Join(dir, "boot-key.pem")
+	k.run("bootstrap-cert", "--ca-file", k.s.Material.ManufacturerCAFile(), "--cn", cn, "--out-cert", certFile, "--out-key", keyFile)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return cert
+}
+
+// device adds or changes the device's entry in the policy table (`iotprov devices`).
+func (k cliCredentials) device(verb, deviceID string) {
+	k.t.Helper()
+	k.run("devices", verb, "--connection-string", stackStorage(k.t, k.s), "--id", deviceID)
+}
+
+// TestOpenAPIContract drives the real handler through each case of docs/openapi.yaml,
+// with every authentication method enabled. It starts two stacks (the second, in
+// allow-list mode, for about 3 s) and takes about 11 s in all.
 func TestOpenAPIContract(t *testing.T) {
+	tlsPort := testenv.FreePort(t)
 	s := startStack(t, stackOptions{
 		Settings: map[string]string{
 			"IOTPROV_REGISTRATION_MIN_INTERVAL": "1h",
-			// The cases below are driven with SAS credentials; with SAS alone the 401
-			// challenges and the credential errors do not depend on which other methods
-			// the sample enables. Other methods' cases belong here once they are wired.
-			"IOTPROV_AUTH_METHODS": "sas",
+			"IOTPROV_AUTH_METHODS":              "sas,beam,jwt,x509",
+			// The x509 devices call this listener with their bootstrap certificates.
+			"IOTPROV_TLS_LISTEN_ADDR": fmt.Sprintf("127.0.0.1:%d", tlsPort),
+			"IOTPROV_DEVICE_POLICY":   "open",
 			// Short, so the outage cases below take effect after a second.
 			"IOTPROV_SECRET_CACHE_TTL": "1s",
 			// A prefix, so that a valid 64-character registration ID makes an invalid
@@ -337,36 +517,42 @@ func TestOpenAPIContract(t *testing.T) {
 		// Operations stay assigning for a while, so the first poll is always in flight.
 		DPSEnv: []string{"DPSEMU_ASSIGN_DELAY=1500ms", "DPSEMU_DISABLED=d-disabled-1"},
 	})
-	c := newContract(t, s.BaseURL)
+	tlsBase := fmt.Sprintf("https://127.0.0.1:%d", tlsPort)
+	c := newContract(t, s.BaseURL, tlsBase)
 	sas := newSASKit(t, s)
+	cli := cliCredentials{t: t, bin: filepath.Join(os.Getenv("E2E_BIN"), "iotprov"), s: s}
+	sasCred := func(id string) credential { return credential{header: sas.valid(id), security: secSAS} }
 
-	register := func(t *testing.T, id, body string) exchange {
+	pool, err := s.TrustPool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := cli.bootstrapCert("factory-1")
+	x509Cred := credential{security: secX509, via: newTLSDevice(tlsBase, pool, &boot)}
+
+	register := func(t *testing.T, cr credential, body string) exchange {
 		t.Helper()
-		h := sas.valid(id)
-		if body != "" {
-			h = withJSON(h)
-		}
-		x := c.do(t, request{method: "POST", path: registerPath, header: h, body: body, docValid: true})
+		x := c.do(t, cr.request("POST", registerPath, body))
 		if x.status != http.StatusAccepted || x.body["status"] != "assigning" {
-			t.Fatalf("register %s: %d %s", id, x.status, x.raw)
+			t.Fatalf("register: %d %s", x.status, x.raw)
 		}
 		return x
 	}
-	poll := func(t *testing.T, id, opID string) exchange {
+	poll := func(t *testing.T, cr credential, opID string) exchange {
 		t.Helper()
-		return c.do(t, request{method: "GET", path: registrationsPath + opID, header: sas.valid(id), docValid: true})
+		return c.do(t, cr.request("GET", registrationsPath+opID, ""))
 	}
-	await := func(t *testing.T, id, opID string) exchange {
+	await := func(t *testing.T, cr credential, opID string) exchange {
 		t.Helper()
 		deadline := time.Now().Add(60 * time.Second)
 		for time.Now().Before(deadline) {
-			x := poll(t, id, opID)
+			x := poll(t, cr, opID)
 			if x.status != http.StatusAccepted {
 				return x
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
-		t.Fatalf("operation %s of %s still assigning after 60s", opID, id)
+		t.Fatalf("operation %s still assigning after 60s", opID)
 		return exchange{}
 	}
 
@@ -375,38 +561,55 @@ func TestOpenAPIContract(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	devices := map[string]credential{
+		"server-key-1": sasCred("server-key-1"),
+		"csr-1":        sasCred("csr-1"),
+		"disabled-1":   sasCred("disabled-1"),
+		"beam":         cli.beam("295000012345678"),
+		"jwt":          cli.jwt("jwt-1"),
+		"x509":         x509Cred,
+	}
 	ops := map[string]string{}
-	for id, body := range map[string]string{
-		"server-key-1": "",
-		"csr-1":        csrBody(t, csrPEM(t, deviceKey, "whatever the device asks")),
-		"disabled-1":   "",
-	} {
-		ops[id] = register(t, id, body).body["operationId"].(string)
+	for name, cr := range devices {
+		body := ""
+		if name == "csr-1" {
+			body = csrBody(t, csrPEM(t, deviceKey, "whatever the device asks"))
+		}
+		ops[name] = register(t, cr, body).body["operationId"].(string)
 	}
 
 	t.Run("ok/register-again-while-in-flight", func(t *testing.T) {
-		if x := register(t, "server-key-1", ""); x.body["operationId"] != ops["server-key-1"] {
+		if x := register(t, devices["server-key-1"], ""); x.body["operationId"] != ops["server-key-1"] {
 			t.Errorf("second register gave %v, want the in-flight %s", x.body["operationId"], ops["server-key-1"])
 		}
 	})
 	t.Run("ok/assigning", func(t *testing.T) {
-		x := poll(t, "server-key-1", ops["server-key-1"])
+		x := poll(t, devices["server-key-1"], ops["server-key-1"])
 		if x.status != http.StatusAccepted || x.body["status"] != "assigning" {
 			t.Errorf("first poll: %d %s, want 202 assigning", x.status, x.raw)
 		}
 	})
-	t.Run("ok/assigned-server-key", func(t *testing.T) {
-		x := await(t, "server-key-1", ops["server-key-1"])
-		if x.status != http.StatusOK || x.body["status"] != "assigned" || x.body["privateKey"] == nil {
-			t.Fatalf("got %d %s, want 200 assigned with a privateKey", x.status, x.body["status"])
-		}
-		if x.body["deviceId"] != "d-server-key-1" || x.body["host"] != "localhost" {
-			t.Errorf("deviceId %v host %v, want d-server-key-1 on localhost", x.body["deviceId"], x.body["host"])
-		}
-		verifyDeviceChain(t, s, []byte(x.body["certificate"].(string)), "d-server-key-1")
-	})
+	// Each method's device ends assigned with a server-generated key, for the device ID
+	// its identity makes.
+	for _, tc := range []struct{ name, device, deviceID string }{
+		{"ok/assigned-server-key", "server-key-1", "d-server-key-1"},
+		{"ok/assigned-beam", "beam", "d-295000012345678"},
+		{"ok/assigned-jwt", "jwt", "d-jwt-1"},
+		{"ok/assigned-x509", "x509", "d-factory-1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := await(t, devices[tc.device], ops[tc.device])
+			if x.status != http.StatusOK || x.body["status"] != "assigned" || x.body["privateKey"] == nil {
+				t.Fatalf("got %d %s, want 200 assigned with a privateKey", x.status, x.body["status"])
+			}
+			if x.body["deviceId"] != tc.deviceID || x.body["host"] != "localhost" {
+				t.Errorf("deviceId %v host %v, want %s on localhost", x.body["deviceId"], x.body["host"], tc.deviceID)
+			}
+			verifyDeviceChain(t, s, []byte(x.body["certificate"].(string)), tc.deviceID)
+		})
+	}
 	t.Run("ok/assigned-csr", func(t *testing.T) {
-		x := await(t, "csr-1", ops["csr-1"])
+		x := await(t, devices["csr-1"], ops["csr-1"])
 		if x.status != http.StatusOK || x.body["status"] != "assigned" {
 			t.Fatalf("got %d %s, want 200 assigned", x.status, x.body["status"])
 		}
@@ -424,7 +627,7 @@ func TestOpenAPIContract(t *testing.T) {
 		verifyDeviceChain(t, s, []byte(x.body["certificate"].(string)), "d-csr-1")
 	})
 	t.Run("ok/failed", func(t *testing.T) {
-		x := await(t, "disabled-1", ops["disabled-1"])
+		x := await(t, devices["disabled-1"], ops["disabled-1"])
 		if x.status != http.StatusOK || x.body["status"] != "failed" {
 			t.Fatalf("got %d %s, want 200 failed", x.status, x.raw)
 		}
@@ -432,6 +635,15 @@ func TestOpenAPIContract(t *testing.T) {
 			t.Errorf("error %v, want dps_registration_failed", e)
 		}
 	})
+
+	seen := map[int]bool{}
+	expect := func(t *testing.T, x exchange, status int, code string) {
+		t.Helper()
+		if x.status != status || x.errorCode() != code {
+			t.Errorf("got %d %s, want %d %s", x.status, x.raw, status, code)
+		}
+		seen[x.status] = true
+	}
 
 	rsaWeak, err := rsa.GenerateKey(rand.Reader, 1024)
 	if err != nil {
@@ -443,45 +655,101 @@ func TestOpenAPIContract(t *testing.T) {
 	}
 	bob := sas.valid("bob-1")
 	tooLongID := strings.Repeat("a", 64) // a valid registration ID; "d-" + it is 66 characters
+	beam := devices["beam"]
+	sig := beam.header["X-Soracom-Signature"]
+	tampered := beam.with("X-Soracom-Signature", strings.Repeat("0", len(sig)))
+	if sig == "" || tampered.header["X-Soracom-Signature"] == sig {
+		t.Fatalf("cannot tamper with the Beam signature %q", sig)
+	}
+	forged := credential{security: secForwarded,
+		header: map[string]string{"X-ARR-ClientCert": base64.StdEncoding.EncodeToString(boot.Leaf.Raw)}}
+	noClientCert := newTLSDevice(tlsBase, pool, nil)
 	errorCases := []struct {
 		name   string
 		req    request
 		status int
 		code   string
 	}{
-		{"fail/malformed-json", request{method: "POST", path: registerPath, header: withJSON(bob), body: `{"csr":`}, 400, "malformed_json"},
-		{"fail/invalid-csr", request{method: "POST", path: registerPath, header: withJSON(bob), body: `{"csr":"bm90IGEgY3Ny"}`, docValid: true}, 400, "invalid_csr"},
-		{"fail/weak-key", request{method: "POST", path: registerPath, header: withJSON(bob), body: csrBody(t, csrPEM(t, rsaWeak, "x")), docValid: true}, 400, "weak_key"},
-		{"fail/unsupported-key", request{method: "POST", path: registerPath, header: withJSON(bob), body: csrBody(t, csrPEM(t, edKey, "x")), docValid: true}, 400, "unsupported_key"},
-		{"fail/invalid-device-id", request{method: "POST", path: registerPath, header: sas.valid(tooLongID), docValid: true}, 400, "invalid_device_id"},
-		{"fail/invalid-device-id-poll", request{method: "GET", path: registrationsPath + ops["csr-1"], header: sas.valid(tooLongID), docValid: true}, 400, "invalid_device_id"},
+		{"fail/malformed-json", request{method: "POST", path: registerPath, header: withJSON(bob), body: `{"csr":`, security: secSAS}, 400, "malformed_json"},
+		{"fail/invalid-csr", request{method: "POST", path: registerPath, header: withJSON(bob), body: `{"csr":"bm90IGEgY3Ny"}`, docValid: true, security: secSAS}, 400, "invalid_csr"},
+		{"fail/weak-key", request{method: "POST", path: registerPath, header: withJSON(bob), body: csrBody(t, csrPEM(t, rsaWeak, "x")), docValid: true, security: secSAS}, 400, "weak_key"},
+		{"fail/unsupported-key", request{method: "POST", path: registerPath, header: withJSON(bob), body: csrBody(t, csrPEM(t, edKey, "x")), docValid: true, security: secSAS}, 400, "unsupported_key"},
+		{"fail/invalid-device-id", request{method: "POST", path: registerPath, header: sas.valid(tooLongID), docValid: true, security: secSAS}, 400, "invalid_device_id"},
+		{"fail/invalid-device-id-poll", request{method: "GET", path: registrationsPath + ops["csr-1"], header: sas.valid(tooLongID), docValid: true, security: secSAS}, 400, "invalid_device_id"},
 		{"fail/missing-credential", request{method: "POST", path: registerPath}, 401, "missing_credential"},
 		{"fail/missing-credential-poll", request{method: "GET", path: registrationsPath + ops["csr-1"]}, 401, "missing_credential"},
-		{"fail/invalid-credential", request{method: "POST", path: registerPath, docValid: true,
+		// The TLS listener asks for a client certificate but does not require one.
+		{"fail/missing-credential-tls", request{method: "POST", path: registerPath, via: noClientCert}, 401, "missing_credential"},
+		{"fail/invalid-credential", request{method: "POST", path: registerPath, docValid: true, security: secSAS,
 			header: map[string]string{"Authorization": strings.Replace(bob["Authorization"], "sig=", "sig=AAAA", 1)}}, 401, "invalid_credential"},
-		{"fail/expired-credential", request{method: "POST", path: registerPath, header: sas.token("bob-1", time.Now().Add(-time.Minute), ""), docValid: true}, 401, "expired_credential"},
-		{"fail/unknown-key-group", request{method: "POST", path: registerPath, header: sas.token("bob-1", time.Now().Add(time.Hour), "other-group"), docValid: true}, 401, "unknown_key_group"},
-		{"fail/other-devices-operation", request{method: "GET", path: registrationsPath + ops["csr-1"], header: bob, docValid: true}, 404, "operation_not_found"},
-		{"fail/unknown-operation", request{method: "GET", path: registrationsPath + "0e8e5b9c-2d7a-4d6e-9f65-3f0a3c1f2b11", header: bob, docValid: true}, 404, "operation_not_found"},
-		{"fail/malformed-operation-id", request{method: "GET", path: registrationsPath + "not-an-id", header: bob}, 404, "operation_not_found"},
+		{"fail/expired-credential", request{method: "POST", path: registerPath, header: sas.token("bob-1", time.Now().Add(-time.Minute), ""), docValid: true, security: secSAS}, 401, "expired_credential"},
+		{"fail/unknown-key-group", request{method: "POST", path: registerPath, header: sas.token("bob-1", time.Now().Add(time.Hour), "other-group"), docValid: true, security: secSAS}, 401, "unknown_key_group"},
+		{"fail/beam-tampered-signature", tampered.request("POST", registerPath, ""), 401, "invalid_credential"},
+		{"fail/beam-tampered-signature-poll", tampered.request("GET", registrationsPath+ops["beam"], ""), 401, "invalid_credential"},
+		{"fail/jwt-wrong-audience", cli.jwt("jwt-2", "--aud", "someone-else").request("POST", registerPath, ""), 401, "invalid_credential"},
+		{"fail/jwt-wrong-audience-poll", cli.jwt("jwt-1", "--aud", "someone-else").request("GET", registrationsPath+ops["jwt"], ""), 401, "invalid_credential"},
+		// IOTPROV_X509_TRUST_FORWARDED_CERT is false: even a genuine bootstrap
+		// certificate in the header is refused, since anyone can send the header.
+		{"fail/untrusted-forwarded-cert", forged.request("POST", registerPath, ""), 401, "untrusted_client_cert_header"},
+		{"fail/other-devices-operation", request{method: "GET", path: registrationsPath + ops["csr-1"], header: bob, docValid: true, security: secSAS}, 404, "operation_not_found"},
+		// The operation is bound to the method as well as the subject.
+		{"fail/same-subject-other-method", sasCred("jwt-1").request("GET", registrationsPath+ops["jwt"], ""), 404, "operation_not_found"},
+		{"fail/other-devices-operation-x509", x509Cred.request("GET", registrationsPath+ops["jwt"], ""), 404, "operation_not_found"},
+		{"fail/unknown-operation", request{method: "GET", path: registrationsPath + "0e8e5b9c-2d7a-4d6e-9f65-3f0a3c1f2b11", header: bob, docValid: true, security: secSAS}, 404, "operation_not_found"},
+		{"fail/malformed-operation-id", request{method: "GET", path: registrationsPath + "not-an-id", header: bob, security: secSAS}, 404, "operation_not_found"},
 		{"fail/unknown-path", request{method: "GET", path: "/v1/nothing", header: bob}, 404, "not_found"},
 		{"fail/method-register", request{method: "PUT", path: registerPath, header: bob}, 405, "method_not_allowed"},
 		{"fail/method-registration", request{method: "DELETE", path: registrationsPath + ops["csr-1"], header: sas.valid("csr-1")}, 405, "method_not_allowed"},
-		{"fail/too-large", request{method: "POST", path: registerPath, header: withJSON(bob), body: `{"csr":"` + strings.Repeat("A", 17<<10) + `"}`}, 413, "body_too_large"},
-		{"fail/not-json", request{method: "POST", path: registerPath, header: map[string]string{"Authorization": bob["Authorization"], "Content-Type": "text/plain"}, body: "hello"}, 415, "unsupported_media_type"},
+		{"fail/too-large", request{method: "POST", path: registerPath, header: withJSON(bob), body: `{"csr":"` + strings.Repeat("A", 17<<10) + `"}`, security: secSAS}, 413, "body_too_large"},
+		{"fail/not-json", request{method: "POST", path: registerPath, header: map[string]string{"Authorization": bob["Authorization"], "Content-Type": "text/plain"}, body: "hello", security: secSAS}, 415, "unsupported_media_type"},
 		// server-key-1 finished above, and the stack's minimum interval is 1h.
-		{"fail/too-many-registrations", request{method: "POST", path: registerPath, header: sas.valid("server-key-1"), docValid: true}, 429, "too_many_registrations"},
+		{"fail/too-many-registrations", request{method: "POST", path: registerPath, header: sas.valid("server-key-1"), docValid: true, security: secSAS}, 429, "too_many_registrations"},
 	}
-	seen := map[int]bool{}
 	for _, tc := range errorCases {
 		t.Run(tc.name, func(t *testing.T) {
-			x := c.do(t, tc.req)
-			if x.status != tc.status || x.errorCode() != tc.code {
-				t.Errorf("got %d %s, want %d %s", x.status, x.raw, tc.status, tc.code)
-			}
-			seen[x.status] = true
+			expect(t, c.do(t, tc.req), tc.status, tc.code)
 		})
 	}
+
+	// The device policy (IOTPROV_DEVICE_POLICY=open here): the operator disables the JWT
+	// device, which can then start nothing new but still collects what it was issued.
+	t.Run("fail/device-disabled", func(t *testing.T) {
+		jwt := devices["jwt"]
+		cli.device("disable", "d-jwt-1")
+		expect(t, c.do(t, jwt.request("POST", registerPath, "")), 403, "device_disabled")
+		// Disabled whatever the method: the policy is keyed by device ID.
+		expect(t, c.do(t, sasCred("jwt-1").request("POST", registerPath, "")), 403, "device_disabled")
+		if x := poll(t, jwt, ops["jwt"]); x.status != http.StatusOK || x.body["status"] != "assigned" {
+			t.Errorf("poll of a disabled device's operation: %d %s, want 200 assigned", x.status, x.raw)
+		}
+		// Enabled again, it is past the policy and meets the minimum interval (1h).
+		cli.device("enable", "d-jwt-1")
+		expect(t, c.do(t, jwt.request("POST", registerPath, "")), 429, "too_many_registrations")
+	})
+
+	// Allow-list mode is a start-time setting, so it needs its own handler: a second
+	// stack, about 3 s.
+	t.Run("fail/device-not-allowed", func(t *testing.T) {
+		s2 := startStack(t, stackOptions{Settings: map[string]string{
+			"IOTPROV_AUTH_METHODS":       "sas,beam,jwt,x509",
+			"IOTPROV_DEVICE_POLICY":      "allowlist",
+			"IOTPROV_DEVICE_ID_TEMPLATE": "d-{id}",
+		}})
+		c2 := newContract(t, s2.BaseURL)
+		sas2 := newSASKit(t, s2)
+		cli2 := cliCredentials{t: t, bin: cli.bin, s: s2}
+		cli2.device("add", "d-listed-1")
+		listed := credential{header: sas2.valid("listed-1"), security: secSAS}
+		if x := c2.do(t, listed.request("POST", registerPath, "")); x.status != http.StatusAccepted {
+			t.Errorf("listed device: %d %s, want 202", x.status, x.raw)
+		}
+		unlisted := credential{header: sas2.valid("unlisted-1"), security: secSAS}
+		expect(t, c2.do(t, unlisted.request("POST", registerPath, "")), 403, "device_not_allowed")
+		expect(t, c2.do(t, cli2.beam("295000000000001").request("POST", registerPath, "")), 403, "device_not_allowed")
+		// Listed but disabled: disabled wins over listed.
+		cli2.device("disable", "d-listed-1")
+		expect(t, c2.do(t, cli2.jwt("listed-1").request("POST", registerPath, "")), 403, "device_disabled")
+	})
 
 	// Outages last: they take the SAS group key away from every device. The secret is
 	// cached for 1s, so each change is seen after that.
@@ -498,9 +766,9 @@ func TestOpenAPIContract(t *testing.T) {
 		status int
 		code   string
 	}{
-		{"fail/key-store-unavailable", nil, request{method: "POST", path: registerPath, header: bob, docValid: true}, 503, "service_unavailable"},
-		{"fail/key-store-unavailable-poll", nil, request{method: "GET", path: registrationsPath + ops["csr-1"], header: sas.valid("csr-1"), docValid: true}, 503, "service_unavailable"},
-		{"fail/empty-group-key", []byte{}, request{method: "POST", path: registerPath, header: bob, docValid: true}, 500, "internal_error"},
+		{"fail/key-store-unavailable", nil, request{method: "POST", path: registerPath, header: bob, docValid: true, security: secSAS}, 503, "service_unavailable"},
+		{"fail/key-store-unavailable-poll", nil, request{method: "GET", path: registrationsPath + ops["csr-1"], header: sas.valid("csr-1"), docValid: true, security: secSAS}, 503, "service_unavailable"},
+		{"fail/empty-group-key", []byte{}, request{method: "POST", path: registerPath, header: bob, docValid: true, security: secSAS}, 500, "internal_error"},
 	}
 	for _, tc := range outages {
 		t.Run(tc.name, func(t *testing.T) {
@@ -512,18 +780,13 @@ func TestOpenAPIContract(t *testing.T) {
 				t.Fatal(err)
 			}
 			time.Sleep(1100 * time.Millisecond)
-			x := c.do(t, tc.req)
-			if x.status != tc.status || x.errorCode() != tc.code {
-				t.Errorf("got %d %s, want %d %s", x.status, x.raw, tc.status, tc.code)
-			}
-			seen[x.status] = true
+			expect(t, c.do(t, tc.req), tc.status, tc.code)
 		})
 	}
 
 	// Every error status the document lists was driven here, except those no stack knob
 	// can produce yet.
 	notDriven := map[string]string{
-		"403": "device_disabled: no device policy exists yet to disable a device",
 		"410": "credentials_expired: the purge timer runs every 15 min on the local runner; TestOpenAPIGone covers it",
 	}
 	for _, pi := range c.doc.Paths.Map() {
@@ -813,7 +1076,7 @@ func TestOpenAPIGone(t *testing.T) {
 	defer ts.Close()
 
 	c := newContract(t, ts.URL)
-	x := c.do(t, request{method: "GET", path: registrationsPath + op.ID, docValid: true,
+	x := c.do(t, request{method: "GET", path: registrationsPath + op.ID, docValid: true, security: secSAS,
 		header: map[string]string{"Authorization": "SharedAccessSignature sr=dev-1&sig=x&se=1"}})
 	if x.status != http.StatusGone || x.errorCode() != "credentials_expired" {
 		t.Errorf("got %d %s, want 410 credentials_expired", x.status, x.raw)
