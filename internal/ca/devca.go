@@ -38,31 +38,7 @@ func helperValidity(v, def time.Duration) (time.Duration, error) {
 // NewRootCA makes a self-signed root CA with a fresh ECDSA P-256 key and pathlen 1 (room
 // for one intermediate). A zero validity means 20 years.
 func NewRootCA(commonName string, validity time.Duration, now time.Time) (*Authority, error) {
-	if commonName == "" {
-		return nil, errors.New("root CA: common name is empty")
-	}
-	validity, err := helperValidity(validity, defaultRootValidity)
-	if err != nil {
-		return nil, fmt.Errorf("root CA: %w", err)
-	}
-	key, err := GenerateKey(ECDSAP256)
-	if err != nil {
-		return nil, fmt.Errorf("root CA: generating key: %w", err)
-	}
-	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: commonName},
-		NotBefore:             now.Add(-DefaultBackdate),
-		NotAfter:              now.Add(validity),
-		KeyUsage:              caKeyUsage,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLen:            1,
-	}
-	cert, err := signWith(nil, key, tmpl, key.Public())
-	if err != nil {
-		return nil, fmt.Errorf("root CA: %w", err)
-	}
-	return &Authority{Certificate: cert, Signer: key}, nil
+	return newCA("root CA", nil, commonName, validity, defaultRootValidity, 1, now)
 }
 
 // NewIntermediateCA makes an intermediate CA signed by parent, with a fresh ECDSA P-256
@@ -70,16 +46,25 @@ func NewRootCA(commonName string, validity time.Duration, now time.Time) (*Autho
 // parent's Intermediates plus parent's certificate when parent is not a self-signed root.
 // A zero validity means 10 years; it never outlives parent.
 func NewIntermediateCA(parent *Authority, commonName string, validity time.Duration, now time.Time) (*Authority, error) {
-	if commonName == "" {
-		return nil, errors.New("intermediate CA: common name is empty")
+	if parent == nil {
+		return nil, errors.New("intermediate CA: no parent authority")
 	}
-	validity, err := helperValidity(validity, defaultIntermediateValidity)
+	return newCA("intermediate CA", parent, commonName, validity, defaultIntermediateValidity, 0, now)
+}
+
+// newCA makes a CA certificate with a fresh P-256 key: self-signed when parent is nil,
+// else signed by parent. what names it in errors.
+func newCA(what string, parent *Authority, commonName string, validity, defaultValidity time.Duration, maxPathLen int, now time.Time) (*Authority, error) {
+	if commonName == "" {
+		return nil, fmt.Errorf("%s: common name is empty", what)
+	}
+	validity, err := helperValidity(validity, defaultValidity)
 	if err != nil {
-		return nil, fmt.Errorf("intermediate CA: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	key, err := GenerateKey(ECDSAP256)
 	if err != nil {
-		return nil, fmt.Errorf("intermediate CA: generating key: %w", err)
+		return nil, fmt.Errorf("%s: generating key: %w", what, err)
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: commonName},
@@ -88,12 +73,19 @@ func NewIntermediateCA(parent *Authority, commonName string, validity time.Durat
 		KeyUsage:              caKeyUsage,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLen:            0,
-		MaxPathLenZero:        true,
+		MaxPathLen:            maxPathLen,
+		MaxPathLenZero:        maxPathLen == 0,
+	}
+	if parent == nil {
+		cert, err := signWith(nil, key, tmpl, key.Public())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		return &Authority{Certificate: cert, Signer: key}, nil
 	}
 	cert, err := sign(parent, tmpl, key.Public(), now)
 	if err != nil {
-		return nil, fmt.Errorf("intermediate CA: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return &Authority{Certificate: cert, Intermediates: parent.chainAbove(), Signer: key}, nil
 }
