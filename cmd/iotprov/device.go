@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -18,17 +13,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/iotprov/iotprov/internal/ca"
-)
-
-// Device API paths (DESIGN.md §2).
-const (
-	registerPath      = "/v1/provisioning/azure/iot/register"
-	registrationsPath = "/v1/provisioning/azure/iot/registrations/"
+	"github.com/iotprov/iotprov/internal/deviceclient"
 )
 
 // The files device register writes: the names of the README's device script, so the
@@ -42,12 +32,8 @@ const (
 // Poll pacing: the service's Retry-After, kept within these bounds so a missing or
 // absurd header neither spins nor stalls the device.
 const (
-	defaultPollDelay = time.Second
-	minPollDelay     = 200 * time.Millisecond
-	maxPollDelay     = 30 * time.Second
-	// maxAnswerSize bounds what is read from the service: an assigned answer with an
-	// RSA-3072 key and a chain is a few KiB.
-	maxAnswerSize = 1 << 20
+	minPollDelay = 200 * time.Millisecond
+	maxPollDelay = 30 * time.Second
 )
 
 // headerFlags is a repeatable -H 'Name: value', as curl takes it.
@@ -133,7 +119,7 @@ an X.509 bootstrap certificate with --cert/--key (mutual TLS, https only).`)
 	}
 
 	var (
-		body    []byte
+		csrPEM  []byte
 		csrKey  *ecdsa.PrivateKey
 		csrName = sas.id
 	)
@@ -141,63 +127,69 @@ an X.509 bootstrap certificate with --cert/--key (mutual TLS, https only).`)
 		if csrName == "" {
 			csrName = "device" // the service sets the subject; this is only a placeholder
 		}
-		if csrKey, body, err = newCSRBody(csrName); err != nil {
+		if csrKey, csrPEM, err = deviceclient.NewCSR(csrName); err != nil {
 			return err
 		}
-		hdr.Set("Content-Type", "application/json")
 	}
 
 	ctx, cancel := context.WithTimeout(e.ctx, *timeout)
 	defer cancel()
-	d := &deviceClient{http: client, base: baseURL.String(), header: hdr}
-	first, err := d.call(ctx, http.MethodPost, registerPath, body)
-	if err != nil {
-		return fmt.Errorf("register: %w", err)
-	}
-	if first.transient != nil {
-		return fmt.Errorf("register: %w; try again in %s", first.transient, first.retryAfter)
-	}
-	if first.code != http.StatusAccepted && first.code != http.StatusOK {
-		return fmt.Errorf("register: unexpected HTTP %d", first.code)
-	}
-	opID := first.ans.OperationID
-	fmt.Fprintf(e.errOut, "registered: operation %s\n", opID)
-
-	started := e.now()
+	d := &deviceclient.Client{BaseURL: baseURL.String(), HTTP: client, Authorize: func(r *http.Request) error {
+		for k, v := range hdr {
+			r.Header[k] = slices.Clone(v)
+		}
+		return nil
+	}}
+	var started time.Time
 	prog := newProgress(e.errOut)
-	res := first
-	for poll := 1; res.ans.Status == statusAssigning; poll++ {
-		status := res.ans.Status
-		if res.transient != nil {
-			status = res.transient.Error() + ", retrying"
-		}
-		prog.update(fmt.Sprintf("operation %s: %s (poll %d, %s)", opID, status, poll, e.now().Sub(started).Round(time.Second)))
-		if err := sleep(ctx, res.retryAfter); err != nil {
-			prog.done()
-			return fmt.Errorf("operation %s still %s: %w", opID, res.ans.Status, err)
-		}
-		if res, err = d.call(ctx, http.MethodGet, registrationsPath+url.PathEscape(opID), nil); err != nil {
-			prog.done()
-			return fmt.Errorf("poll: %w", err)
-		}
-		if res.transient != nil {
-			res.ans = &answer{OperationID: opID, Status: statusAssigning}
-		}
-		if res.ans.OperationID != opID {
-			prog.done()
-			return fmt.Errorf("poll: answer is for operation %q, not %q", res.ans.OperationID, opID)
-		}
-	}
-	prog.update(fmt.Sprintf("operation %s: %s (%s)", opID, res.ans.Status, e.now().Sub(started).Round(time.Second)))
+	res, err := d.Provision(ctx, csrPEM, deviceclient.ProvisionOptions{MinPoll: minPollDelay, MaxWait: maxPollDelay,
+		Progress: func(ev deviceclient.Event) {
+			// The line names the poll about to be made, or how the operation ended.
+			switch {
+			case ev.OperationID == "":
+				// register's error answer: returned below
+			case ev.Poll == 0:
+				fmt.Fprintf(e.errOut, "registered: operation %s\n", ev.OperationID)
+				started = e.now()
+				prog.update(fmt.Sprintf("operation %s: %s (poll 1, 0s)", ev.OperationID, ev.Status))
+			case ev.Err != nil && ev.Wait > 0:
+				prog.update(fmt.Sprintf("operation %s: %s, retrying (poll %d, %s)", ev.OperationID, ev.Err, ev.Poll+1, e.now().Sub(started).Round(time.Second)))
+			case ev.Status == deviceclient.StatusAssigning:
+				prog.update(fmt.Sprintf("operation %s: %s (poll %d, %s)", ev.OperationID, ev.Status, ev.Poll+1, e.now().Sub(started).Round(time.Second)))
+			case ev.Err == nil:
+				prog.update(fmt.Sprintf("operation %s: %s (%s)", ev.OperationID, ev.Status, e.now().Sub(started).Round(time.Second)))
+			}
+		}})
 	prog.done()
-	if res.ans.Status == statusFailed {
-		return fmt.Errorf("provisioning failed: %s: %s", res.ans.Error.Code, res.ans.Error.Message)
-	}
-
-	keyPEM, err := checkCredentials(res.ans, csrKey)
 	if err != nil {
+		// Only register's temporary answers come back: Provision waits out those of polls.
+		if ae := (*deviceclient.APIError)(nil); errors.As(err, &ae) && ae.Temporary() {
+			return fmt.Errorf("%w; try again in %s", err, min(max(ae.RetryAfter, minPollDelay), maxPollDelay))
+		}
 		return err
 	}
+	if res.Status == deviceclient.StatusFailed {
+		return fmt.Errorf("provisioning failed: %s: %s", res.Failure.Code, res.Failure.Message)
+	}
+
+	var (
+		keyPEM []byte
+		signer crypto.Signer // nil unless a CSR was sent: an untyped nil, not a nil *ecdsa.PrivateKey
+	)
+	if csrKey != nil {
+		signer = csrKey
+		if keyPEM, err = ca.MarshalPrivateKeyPEM(csrKey); err != nil {
+			return err
+		}
+	} else {
+		keyPEM = []byte(res.Credentials.PrivateKey)
+	}
+	// The device knows neither its CA nor, with -H methods, its ID: the chain and the CN
+	// are the IoT Hub's to check; the key must be the certificate's.
+	if err := deviceclient.VerifyCredentials(res, "", nil, signer); err != nil {
+		return err
+	}
+	creds := res.Credentials
 	if err := os.MkdirAll(*outDir, 0o755); err != nil {
 		return err
 	}
@@ -206,57 +198,17 @@ an X.509 bootstrap certificate with --cert/--key (mutual TLS, https only).`)
 		data []byte
 		perm os.FileMode
 	}{
-		{certificateFile, []byte(res.ans.Certificate), 0o644},
+		{certificateFile, []byte(creds.Certificate), 0o644},
 		{privateKeyFile, keyPEM, 0o600},
-		{rootCAFile, []byte(res.ans.RootCACertificate), 0o644},
+		{rootCAFile, []byte(creds.RootCACertificate), 0o644},
 	} {
 		if err := writeFileAtomic(filepath.Join(*outDir, f.name), f.data, f.perm); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(e.errOut, "wrote %s, %s and %s in %s\n", certificateFile, privateKeyFile, rootCAFile, *outDir)
-	fmt.Fprintf(e.out, "OPERATION_ID=%s\nDEVICE_ID=%s\nHOST=%s\n", shellQuote(opID), shellQuote(res.ans.DeviceID), shellQuote(res.ans.Host))
+	fmt.Fprintf(e.out, "OPERATION_ID=%s\nDEVICE_ID=%s\nHOST=%s\n", shellQuote(res.OperationID), shellQuote(creds.DeviceID), shellQuote(creds.Host))
 	return nil
-}
-
-// newCSRBody makes the device's key and the register body carrying its CSR.
-func newCSRBody(cn string) (*ecdsa.PrivateKey, []byte, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: cn}}, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("making the CSR: %w", err)
-	}
-	body, err := json.Marshal(map[string]string{"csr": string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
-	return key, body, err
-}
-
-// checkCredentials makes sure what the service sent is usable before anything is written,
-// and returns the private key PEM to write: the service's (server-generated key) or
-// the one made here (CSR), which must match the certificate.
-func checkCredentials(a *answer, csrKey *ecdsa.PrivateKey) ([]byte, error) {
-	if csrKey == nil {
-		if a.PrivateKey == "" {
-			return nil, errors.New("the answer has no privateKey (was the key erased after its retention? register again)")
-		}
-		if _, err := tls.X509KeyPair([]byte(a.Certificate), []byte(a.PrivateKey)); err != nil {
-			return nil, fmt.Errorf("the certificate and private key in the answer do not match: %w", err)
-		}
-		return []byte(a.PrivateKey), nil
-	}
-	if a.PrivateKey != "" {
-		return nil, errors.New("the service returned a private key for a CSR registration; refusing to use it")
-	}
-	keyPEM, err := ca.MarshalPrivateKeyPEM(csrKey)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := tls.X509KeyPair([]byte(a.Certificate), keyPEM); err != nil {
-		return nil, fmt.Errorf("the certificate is not for the key generated here: %w", err)
-	}
-	return keyPEM, nil
 }
 
 func deviceHTTPClient(base *url.URL, certFile, keyFile, caFile string) (*http.Client, error) {
@@ -292,190 +244,9 @@ func deviceHTTPClient(base *url.URL, certFile, keyFile, caFile string) (*http.Cl
 	return &http.Client{Transport: tr, Timeout: time.Minute}, nil
 }
 
-// deviceClient sends the device's requests with its headers.
-type deviceClient struct {
-	http   *http.Client
-	base   string
-	header http.Header
-}
-
-// result is one answer of the service, parsed.
-type result struct {
-	code       int
-	retryAfter time.Duration
-	ans        *answer
-	transient  error // set for 503 and 429: ans is empty, ask again after retryAfter
-}
-
-func (d *deviceClient) call(ctx context.Context, method, path string, body []byte) (*result, error) {
-	var rd io.Reader
-	if body != nil {
-		rd = bytes.NewReader(body)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, d.base+path, rd)
-	if err != nil {
-		return nil, err
-	}
-	for k, v := range d.header {
-		if body == nil && k == "Content-Type" {
-			continue
-		}
-		req.Header[k] = v
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := d.http.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerSize+1))
-	if err != nil {
-		return nil, err
-	}
-	return parseAnswer(resp.StatusCode, resp.Header.Get("Retry-After"), raw)
-}
-
-// The statuses of the device API.
-const (
-	statusAssigning = "assigning"
-	statusAssigned  = "assigned"
-	statusFailed    = "failed"
-)
-
-// answer is the device API's JSON (DESIGN.md §2): an operation in flight, assigned or
-// failed, or an error.
-type answer struct {
-	OperationID       string    `json:"operationId"`
-	Status            string    `json:"status"`
-	DeviceID          string    `json:"deviceId"`
-	Host              string    `json:"host"`
-	Certificate       string    `json:"certificate"`
-	PrivateKey        string    `json:"privateKey"`
-	RootCACertificate string    `json:"rootCaCertificate"`
-	Error             *apiError `json:"error"`
-}
-
-type apiError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-// parseAnswer reads one answer of the service, which the device does not trust: anything
-// but a well-formed in-flight, assigned or failed answer, or a 503/429 to wait out, is
-// an error naming the status and, when the service sent one, its error code and message. Values that end up in
-// file names, URLs or the shell assignments printed at the end are checked here.
-func parseAnswer(code int, retryAfter string, body []byte) (*result, error) {
-	if len(body) > maxAnswerSize {
-		return nil, fmt.Errorf("HTTP %d: answer larger than %d bytes", code, maxAnswerSize)
-	}
-	var a answer
-	jsonErr := json.Unmarshal(body, &a)
-	res := &result{code: code, retryAfter: parseRetryAfter(retryAfter), ans: &a}
-	switch {
-	case code == http.StatusAccepted && jsonErr == nil && a.Status == statusAssigning:
-	case code == http.StatusOK && jsonErr == nil && (a.Status == statusAssigned || a.Status == statusFailed):
-	case code == http.StatusServiceUnavailable || code == http.StatusTooManyRequests && retryAfter != "":
-		// A dependency is down, or the device is throttled: a poll waits and asks again.
-		res.transient = serviceError(code, jsonErr, &a)
-		res.ans = &answer{}
-		return res, nil
-	default:
-		return nil, serviceError(code, jsonErr, &a)
-	}
-	if !validOperationID(a.OperationID) {
-		return nil, fmt.Errorf("HTTP %d: the answer has no valid operationId", code)
-	}
-	switch a.Status {
-	case statusAssigned:
-		if !printable(a.DeviceID) || !printable(a.Host) {
-			return nil, errors.New("the assigned answer has no usable deviceId or host")
-		}
-		if !strings.Contains(a.Certificate, "-----BEGIN CERTIFICATE-----") || !strings.Contains(a.RootCACertificate, "-----BEGIN CERTIFICATE-----") {
-			return nil, errors.New("the assigned answer lacks a PEM certificate or rootCaCertificate")
-		}
-	case statusFailed:
-		if a.Error == nil {
-			a.Error = &apiError{Code: "unknown", Message: "The service gave no reason."}
-		}
-	}
-	return res, nil
-}
-
-func serviceError(code int, jsonErr error, a *answer) error {
-	if jsonErr == nil && a.Error != nil && a.Error.Code != "" {
-		return fmt.Errorf("HTTP %d %s: %s", code, clean(a.Error.Code, 64), clean(a.Error.Message, 300))
-	}
-	return fmt.Errorf("HTTP %d (%s) with no device API answer", code, http.StatusText(code))
-}
-
-// clean keeps a service-supplied string to one printable line of at most n bytes before
-// it reaches the terminal.
-func clean(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, s)
-	if len(s) > n {
-		s = s[:n] + "…"
-	}
-	return s
-}
-
-// validOperationID accepts what the service makes (UUIDs) and the same alphabet, so the ID
-// is safe in a URL path and in a shell assignment.
-func validOperationID(id string) bool {
-	if id == "" || len(id) > 64 {
-		return false
-	}
-	for _, c := range id {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// printable: non-empty printable ASCII of at most 255 bytes (a hostname's limit; device
-// IDs are at most 64).
-func printable(s string) bool {
-	if s == "" || len(s) > 255 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
-// parseRetryAfter reads delay-seconds (the service never sends an HTTP date), bounded to
-// [minPollDelay, maxPollDelay]; anything else means the default.
-func parseRetryAfter(v string) time.Duration {
-	secs, err := strconv.Atoi(strings.TrimSpace(v))
-	if err != nil || secs < 0 {
-		return defaultPollDelay
-	}
-	d := time.Duration(min(secs, int(maxPollDelay/time.Second))) * time.Second
-	return max(d, minPollDelay)
-}
-
 // shellQuote makes s one single-quoted shell word.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // progress is the poll's progress line: rewritten in place on a terminal, one line per

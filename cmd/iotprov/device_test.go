@@ -21,6 +21,7 @@ import (
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/ca"
 	"github.com/iotprov/iotprov/internal/ca/catest"
+	"github.com/iotprov/iotprov/internal/deviceclient"
 	"github.com/iotprov/iotprov/internal/errcode"
 )
 
@@ -37,7 +38,7 @@ type fakeService struct {
 	authorize func(r *http.Request) error
 	// assign turns the registered request into the assigned answer; nil issues for the
 	// CSR's key, or for a fresh server key.
-	assign func(a *answer, csrKey any) *answer
+	assign func(a *deviceclient.Answer, csrKey any) *deviceclient.Answer
 
 	mu        sync.Mutex
 	seen      []*http.Request
@@ -86,7 +87,7 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	switch {
-	case r.Method == http.MethodPost && r.URL.Path == registerPath:
+	case r.Method == http.MethodPost && r.URL.Path == deviceclient.RegisterPath:
 		if len(body) > 0 {
 			var req struct{ CSR string }
 			if err := json.Unmarshal(body, &req); err != nil {
@@ -102,7 +103,7 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		f.pollsLeft = f.polls
 		reply(http.StatusAccepted, map[string]string{"operationId": fakeOpID, "status": "assigning"})
-	case r.Method == http.MethodGet && r.URL.Path == registrationsPath+fakeOpID:
+	case r.Method == http.MethodGet && r.URL.Path == deviceclient.RegistrationsPath+fakeOpID:
 		if f.unavailable > 0 {
 			f.unavailable--
 			fail(errcode.New(http.StatusServiceUnavailable, errcode.CodeUnavailable, "Storage is not answering."))
@@ -113,7 +114,7 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			reply(http.StatusAccepted, map[string]string{"operationId": fakeOpID, "status": "assigning"})
 			return
 		}
-		a := &answer{OperationID: fakeOpID, Status: statusAssigned, DeviceID: "dev-1", Host: "hub.example.net",
+		a := &deviceclient.Answer{OperationID: fakeOpID, Status: deviceclient.StatusAssigned, DeviceID: "dev-1", Host: "hub.example.net",
 			RootCACertificate: string(f.root.CertificatePEM())}
 		var pub any
 		if f.csr != nil {
@@ -327,21 +328,21 @@ func TestDeviceRegisterRefusals(t *testing.T) {
 		{"fail/bad-header-flag", []string{"-H", "no colon"}, nil, "Name: value"},
 		{"fail/operation-failed", []string{"--group-key-file", groupFile, "--id", "dev-1"},
 			func(f *fakeService) {
-				f.assign = func(a *answer, _ any) *answer {
-					return &answer{OperationID: a.OperationID, Status: statusFailed, Error: &apiError{Code: "dps_registration_failed", Message: "DPS said no."}}
+				f.assign = func(a *deviceclient.Answer, _ any) *deviceclient.Answer {
+					return &deviceclient.Answer{OperationID: a.OperationID, Status: deviceclient.StatusFailed, Error: &deviceclient.ErrorBody{Code: "dps_registration_failed", Message: "DPS said no."}}
 				}
 			}, "dps_registration_failed: DPS said no."},
 		{"fail/csr-answer-carries-a-key", []string{"--csr", "--group-key-file", groupFile, "--id", "dev-1"},
 			func(f *fakeService) {
-				f.assign = func(a *answer, _ any) *answer { a.PrivateKey = string(otherPEM); return a }
+				f.assign = func(a *deviceclient.Answer, _ any) *deviceclient.Answer { a.PrivateKey = string(otherPEM); return a }
 			}, "returned a private key"},
 		{"fail/certificate-for-another-key", []string{"--group-key-file", groupFile, "--id", "dev-1"},
 			func(f *fakeService) {
-				f.assign = func(a *answer, _ any) *answer { a.PrivateKey = string(otherPEM); return a }
+				f.assign = func(a *deviceclient.Answer, _ any) *deviceclient.Answer { a.PrivateKey = string(otherPEM); return a }
 			}, "do not match"},
 		{"fail/csr-certificate-for-another-key", []string{"--csr", "--group-key-file", groupFile, "--id", "dev-1"},
 			func(f *fakeService) {
-				f.assign = func(a *answer, _ any) *answer {
+				f.assign = func(a *deviceclient.Answer, _ any) *deviceclient.Answer {
 					prof, _ := ca.NewProfile(ca.ProfileConfig{})
 					issued, _ := prof.Issue(f.inte, ca.Request{DeviceID: "dev-1", PublicKey: otherKey.Public()}, time.Now())
 					a.Certificate = string(issued.ChainPEM)
@@ -350,7 +351,7 @@ func TestDeviceRegisterRefusals(t *testing.T) {
 			}, "not for the key generated here"},
 		{"fail/hostile-host", []string{"--group-key-file", groupFile, "--id", "dev-1"},
 			func(f *fakeService) {
-				f.assign = func(a *answer, _ any) *answer { a.Host = "x'; rm -rf / #"; return a }
+				f.assign = func(a *deviceclient.Answer, _ any) *deviceclient.Answer { a.Host = "x'; rm -rf / #"; return a }
 			}, "no usable deviceId or host"},
 		{"fail/cert-without-https", []string{"--cert", "c.pem", "--key", "k.pem"}, nil, "https"},
 	}
@@ -423,69 +424,4 @@ func TestDeviceRegisterMutualTLS(t *testing.T) {
 	if _, _, _, err := runRegister(t, srv.URL, "--cacert", filepath.Join(dir, "server-root.pem")); err == nil || !strings.Contains(err.Error(), "missing_credential") {
 		t.Fatalf("without it: %v", err)
 	}
-}
-
-func TestParseRetryAfter(t *testing.T) {
-	tests := []struct {
-		in   string
-		want time.Duration
-	}{
-		{"", defaultPollDelay}, {"2", 2 * time.Second}, {"0", minPollDelay}, {"-3", defaultPollDelay},
-		{"9999999999999", maxPollDelay}, {"Wed, 21 Oct 2015 07:28:00 GMT", defaultPollDelay}, {" 5 ", 5 * time.Second},
-	}
-	for _, tc := range tests {
-		if got := parseRetryAfter(tc.in); got != tc.want {
-			t.Errorf("parseRetryAfter(%q) = %s, want %s", tc.in, got, tc.want)
-		}
-	}
-}
-
-// FuzzParseAnswer feeds the device's parser whatever a hostile or broken service might
-// send: it must not panic, and what it accepts must be safe to put in a URL path and in
-// the shell assignments device register prints.
-func FuzzParseAnswer(f *testing.F) {
-	f.Add(202, "1", []byte(`{"operationId":"`+fakeOpID+`","status":"assigning"}`))
-	f.Add(200, "", []byte(`{"operationId":"`+fakeOpID+`","status":"assigned","deviceId":"d","host":"h","certificate":"-----BEGIN CERTIFICATE-----","rootCaCertificate":"-----BEGIN CERTIFICATE-----"}`))
-	f.Add(200, "", []byte(`{"operationId":"`+fakeOpID+`","status":"failed","error":{"code":"x","message":"y"}}`))
-	f.Add(400, "", []byte(`{"error":{"code":"weak_key","message":"The RSA key is 1024 bits."}}`))
-	f.Add(503, "5", []byte(`{"error":{"code":"service_unavailable","message":"later"}}`))
-	f.Add(200, "", []byte(`{"operationId":"../../x","status":"assigned"}`))
-	f.Add(502, "", []byte(`<html>bad gateway</html>`))
-	f.Fuzz(func(t *testing.T, code int, retryAfter string, body []byte) {
-		res, err := parseAnswer(code, retryAfter, body)
-		if err != nil {
-			if res != nil {
-				t.Fatal("result with an error")
-			}
-			if strings.ContainsAny(err.Error(), "\x00\x1b") {
-				t.Fatalf("error carries control characters: %q", err)
-			}
-			return
-		}
-		if res.retryAfter < minPollDelay || res.retryAfter > maxPollDelay {
-			t.Fatalf("poll delay %s out of bounds", res.retryAfter)
-		}
-		if res.transient != nil {
-			if res.ans == nil || res.ans.Status != "" || (code != 503 && code != 429) {
-				t.Fatalf("transient result for HTTP %d: %+v", code, res.ans)
-			}
-			return
-		}
-		if !validOperationID(res.ans.OperationID) || strings.ContainsAny(res.ans.OperationID, "/'\n") {
-			t.Fatalf("accepted operation ID %q", res.ans.OperationID)
-		}
-		if res.retryAfter < minPollDelay || res.retryAfter > maxPollDelay {
-			t.Fatalf("poll delay %s out of bounds", res.retryAfter)
-		}
-		if res.ans.Status == statusAssigned {
-			for _, v := range []string{res.ans.DeviceID, res.ans.Host} {
-				if q := shellQuote(v); strings.ContainsAny(v, "\n\x00") || !strings.HasPrefix(q, "'") {
-					t.Fatalf("unsafe value %q", v)
-				}
-			}
-		}
-		if res.ans.Status == statusFailed && res.ans.Error == nil {
-			t.Fatal("failed answer without an error")
-		}
-	})
 }

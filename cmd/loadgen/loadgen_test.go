@@ -16,6 +16,7 @@ import (
 
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/ca"
+	"github.com/iotprov/iotprov/internal/deviceclient"
 )
 
 // testCA is a root and the issuing CA below it, as on the local stack.
@@ -44,13 +45,13 @@ func newTestCA(t testing.TB) *testCA {
 }
 
 // answer is what the service sends once a device is assigned; keyPEM empty for a CSR.
-func (c *testCA) answer(t testing.TB, id string, pub crypto.PublicKey, keyPEM string) *assigned {
+func (c *testCA) answer(t testing.TB, id string, pub crypto.PublicKey, keyPEM string) *deviceclient.Answer {
 	t.Helper()
 	issued, err := c.profile.Issue(c.issuing, ca.Request{DeviceID: id, PublicKey: pub}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &assigned{OperationID: "op-" + id, Status: "assigned", DeviceID: id, Host: "localhost",
+	return &deviceclient.Answer{OperationID: "op-" + id, Status: deviceclient.StatusAssigned, DeviceID: id, Host: "localhost",
 		Certificate: string(issued.ChainPEM), PrivateKey: keyPEM, RootCACertificate: string(c.root.CertificatePEM())}
 }
 
@@ -65,65 +66,6 @@ func serverKey(t testing.TB) (crypto.Signer, string) {
 		t.Fatal(err)
 	}
 	return k, string(p)
-}
-
-func TestVerifyAssigned(t *testing.T) {
-	c := newTestCA(t)
-	other := newTestCA(t)
-	key, keyPEM := serverKey(t)
-	otherKey, otherKeyPEM := serverKey(t)
-	tests := []struct {
-		name   string
-		answer *assigned
-		csrKey crypto.Signer
-		ok     bool
-	}{
-		{"ok/server-generated key", c.answer(t, "dev-1", key.Public(), keyPEM), nil, true},
-		{"ok/csr", c.answer(t, "dev-1", key.Public(), ""), key, true},
-		{"fail/other device", c.answer(t, "dev-2", key.Public(), keyPEM), nil, false},
-		{"fail/other root", other.answer(t, "dev-1", key.Public(), keyPEM), nil, false},
-		{"fail/key does not match", c.answer(t, "dev-1", key.Public(), otherKeyPEM), nil, false},
-		{"fail/csr key does not match", c.answer(t, "dev-1", otherKey.Public(), ""), key, false},
-		{"fail/private key sent for a csr", c.answer(t, "dev-1", key.Public(), keyPEM), key, false},
-		{"fail/no private key", c.answer(t, "dev-1", key.Public(), ""), nil, false},
-		{"fail/no host", func() *assigned { a := c.answer(t, "dev-1", key.Public(), keyPEM); a.Host = ""; return a }(), nil, false},
-		{"fail/no roots", func() *assigned { a := c.answer(t, "dev-1", key.Public(), keyPEM); a.RootCACertificate = ""; return a }(), nil, false},
-		{"fail/no certificate", func() *assigned { a := c.answer(t, "dev-1", key.Public(), keyPEM); a.Certificate = ""; return a }(), nil, false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			err := verifyAssigned(tc.answer, "dev-1", c.roots, tc.csrKey)
-			if (err == nil) != tc.ok {
-				t.Errorf("verifyAssigned = %v, want ok=%v", err, tc.ok)
-			}
-		})
-	}
-}
-
-func TestParseRetryAfter(t *testing.T) {
-	tests := []struct {
-		name string
-		in   string
-		want time.Duration
-	}{
-		{"ok/seconds", "2", 2 * time.Second},
-		{"ok/spaces", " 3 ", 3 * time.Second},
-		{"ok/bounded", "99999999999", maxRetryAfter},
-		{"ok/past date", "Wed, 21 Oct 2015 07:28:00 GMT", 0},
-		{"fail/empty", "", 0},
-		{"fail/negative", "-1", 0},
-		{"fail/garbage", "soon", 0},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := parseRetryAfter(tc.in); got != tc.want {
-				t.Errorf("parseRetryAfter(%q) = %v, want %v", tc.in, got, tc.want)
-			}
-		})
-	}
-	if got := parseRetryAfter(time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)); got != maxRetryAfter {
-		t.Errorf("a date an hour ahead = %v, want the bound %v", got, maxRetryAfter)
-	}
 }
 
 func TestPercentiles(t *testing.T) {
@@ -160,13 +102,20 @@ dpsemu   | {"time":"x","level":"INFO","msg":"dpsemu stopped","registrations":10,
 
 // fakeService speaks the device API: it checks the SAS token, answers register with an
 // operation, the first poll with "assigning" and the next with credentials from c.
+// throttle429 and unavailable503 first answer that many registers with 429 and that many
+// polls with 503, per device.
 type fakeService struct {
-	t        *testing.T
-	c        *testCA
-	groupKey []byte
-	mu       sync.Mutex
-	polls    map[string]int
-	csrs     map[string]crypto.PublicKey
+	t                           *testing.T
+	c                           *testCA
+	groupKey                    []byte
+	throttle429, unavailable503 int
+	mu                          sync.Mutex
+	registers, polls            map[string]int
+	csrs                        map[string]crypto.PublicKey
+}
+
+func newFakeService(t *testing.T, c *testCA, groupKey []byte) *fakeService {
+	return &fakeService{t: t, c: c, groupKey: groupKey, registers: map[string]int{}, polls: map[string]int{}, csrs: map[string]crypto.PublicKey{}}
 }
 
 func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -179,7 +128,12 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch {
-	case r.Method == http.MethodPost && r.URL.Path == registerPath:
+	case r.Method == http.MethodPost && r.URL.Path == deviceclient.RegisterPath:
+		if f.registers[id]++; f.registers[id] <= f.throttle429 {
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, `{"error":{"code":"too_many_requests","message":"later"}}`, http.StatusTooManyRequests)
+			return
+		}
 		body, _ := io.ReadAll(r.Body)
 		if len(body) > 0 {
 			var req struct{ CSR string }
@@ -195,14 +149,20 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "0")
 		w.WriteHeader(http.StatusAccepted)
 		_, _ = io.WriteString(w, `{"operationId":"op-`+id+`","status":"assigning"}`)
-	case r.Method == http.MethodGet && r.URL.Path == registrationsPath+"op-"+id:
+	case r.Method == http.MethodGet && r.URL.Path == deviceclient.RegistrationsPath+"op-"+id:
 		f.polls[id]++
-		if f.polls[id] == 1 {
+		if f.polls[id] <= f.unavailable503 {
+			w.Header().Set("Retry-After", "0")
+			http.Error(w, `{"error":{"code":"service_unavailable","message":"later"}}`, http.StatusServiceUnavailable)
+			return
+		}
+		if f.polls[id] == f.unavailable503+1 {
+			w.Header().Set("Retry-After", "0")
 			w.WriteHeader(http.StatusAccepted)
 			_, _ = io.WriteString(w, `{"operationId":"op-`+id+`","status":"assigning"}`)
 			return
 		}
-		var a *assigned
+		var a *deviceclient.Answer
 		if pub, ok := f.csrs[id]; ok {
 			a = f.c.answer(f.t, id, pub, "")
 		} else {
@@ -224,7 +184,7 @@ func TestRunLoad(t *testing.T) {
 		}
 		t.Run(name, func(t *testing.T) {
 			c := newTestCA(t)
-			svc := httptest.NewServer(&fakeService{t: t, c: c, groupKey: groupKey, polls: map[string]int{}, csrs: map[string]crypto.PublicKey{}})
+			svc := httptest.NewServer(newFakeService(t, c, groupKey))
 			defer svc.Close()
 			f := &fleet{base: svc.URL, hc: svc.Client(), groupKey: groupKey, deviceRoots: c.roots, minPoll: time.Millisecond}
 			r := runLoad(context.Background(), f, loadSpec{Name: "t", N: 20, Concurrency: 5, Rate: 500, CSR: csr, Deadline: time.Minute}, "dev")
@@ -236,9 +196,26 @@ func TestRunLoad(t *testing.T) {
 			}
 		})
 	}
+	t.Run("ok/throttled register and unavailable poll are waited out and counted", func(t *testing.T) {
+		c := newTestCA(t)
+		fs := newFakeService(t, c, groupKey)
+		fs.throttle429, fs.unavailable503 = 1, 1
+		svc := httptest.NewServer(fs)
+		defer svc.Close()
+		f := &fleet{base: svc.URL, hc: svc.Client(), groupKey: groupKey, deviceRoots: c.roots}
+		start := time.Now()
+		r := runLoad(context.Background(), f, loadSpec{Name: "t", N: 3, Concurrency: 3, Deadline: time.Minute}, "dev")
+		if r.Assigned != 3 || r.Throttled != 3 || r.Unavailable != 3 || r.Polls != 9 {
+			t.Fatalf("assigned %d throttled %d unavailable %d polls %d (want 3, 3, 3, 9): %v", r.Assigned, r.Throttled, r.Unavailable, r.Polls, r.Errors)
+		}
+		// Retry-After: 0 on a 429 or 503 still means a second's pause: not a hammering.
+		if d := time.Since(start); d < 2*time.Second {
+			t.Errorf("done in %s: the 429 and the 503 were not waited out", d)
+		}
+	})
 	t.Run("fail/wrong group key", func(t *testing.T) {
 		c := newTestCA(t)
-		svc := httptest.NewServer(&fakeService{t: t, c: c, groupKey: groupKey, polls: map[string]int{}, csrs: map[string]crypto.PublicKey{}})
+		svc := httptest.NewServer(newFakeService(t, c, groupKey))
 		defer svc.Close()
 		f := &fleet{base: svc.URL, hc: svc.Client(), groupKey: []byte("another key"), deviceRoots: c.roots}
 		r := runLoad(context.Background(), f, loadSpec{Name: "t", N: 3, Concurrency: 3, Deadline: time.Minute}, "dev")
@@ -256,35 +233,6 @@ func TestParseFlags(t *testing.T) {
 	if err != nil || o.set["IOTPROV_AUTH_METHODS"] != "sas" || !o.want("burst") || o.want("throughput") {
 		t.Errorf("parseFlags = %+v, %v", o, err)
 	}
-}
-
-func FuzzParseRetryAfter(f *testing.F) {
-	for _, s := range []string{"2", "", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "1e9"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if d := parseRetryAfter(s); d < 0 || d > maxRetryAfter {
-			t.Errorf("parseRetryAfter(%q) = %v out of [0, %v]", s, d, maxRetryAfter)
-		}
-	})
-}
-
-// The service's answer is untrusted input to the device: decoding and verifying any
-// bytes must not panic, and nothing but a real chain verifies.
-func FuzzVerifyAssigned(f *testing.F) {
-	c := newTestCA(f)
-	key, keyPEM := serverKey(f)
-	good, _ := json.Marshal(c.answer(f, "dev-1", key.Public(), keyPEM))
-	f.Add(good)
-	f.Add([]byte(`{"status":"assigned","deviceId":"dev-1","host":"h","certificate":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}`))
-	f.Add([]byte(`{"status":"failed","error":{"code":"dps_registration_failed"}}`))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		a, err := decodeAssigned(b)
-		if err != nil {
-			return
-		}
-		_ = verifyAssigned(a, "dev-1", c.roots, nil)
-	})
 }
 
 func FuzzParseDPSStopped(f *testing.F) {
