@@ -17,6 +17,7 @@ import (
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/ca"
 	"github.com/iotprov/iotprov/internal/deviceclient"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 // testCA is a root and the issuing CA below it, as on the local stack.
@@ -27,21 +28,8 @@ type testCA struct {
 }
 
 func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	now := time.Now()
-	root, err := ca.NewRootCA("test root", 24*time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuing, err := ca.NewIntermediateCA(root, "test issuing", 12*time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ca.NewProfile(ca.ProfileConfig{Validity: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{root: root, issuing: issuing, roots: newPool(root.CertificatePEM()), profile: p}
+	h := testenv.NewCAHierarchy(t)
+	return &testCA{root: h.Root, issuing: h.Issuing, roots: h.Roots, profile: h.Profile}
 }
 
 // answer is what the service sends once a device is assigned; keyPEM empty for a CSR.

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/iotprov/iotprov/internal/ca"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 // testCA is a root and the issuing CA below it, as on the local stack.
@@ -21,23 +22,8 @@ type testCA struct {
 }
 
 func newTestCA(t testing.TB) *testCA {
-	t.Helper()
-	now := time.Now()
-	root, err := ca.NewRootCA("test root", 24*time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issuing, err := ca.NewIntermediateCA(root, "test issuing", 12*time.Hour, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ca.NewProfile(ca.ProfileConfig{Validity: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(root.Certificate)
-	return &testCA{root: root, issuing: issuing, roots: roots, profile: p}
+	h := testenv.NewCAHierarchy(t)
+	return &testCA{root: h.Root, issuing: h.Issuing, roots: h.Roots, profile: h.Profile}
 }
 
 // answer is the assigned answer for id's certificate on pub; keyPEM empty for a CSR.

@@ -374,7 +374,7 @@ func TestOutcome(t *testing.T) {
 }
 
 func TestLogging(t *testing.T) {
-	var buf syncBuffer
+	var buf testenv.SyncBuffer
 	_, srv, pki := dpsemutest.Start(t, dpsemu.Config{Logger: slog.New(slog.NewJSONHandler(&buf, nil))})
 	cert := pki.Device(t, "dev-1")
 	d := newDevice(t, srv, pki, cert)
@@ -394,23 +394,6 @@ func TestLogging(t *testing.T) {
 	if strings.Contains(buf.String(), "CERTIFICATE") || strings.Contains(buf.String(), "MII") {
 		t.Error("log line carries certificate material")
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestConcurrent(t *testing.T) {

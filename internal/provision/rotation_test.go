@@ -1,11 +1,9 @@
 package provision
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,24 +13,6 @@ import (
 	"github.com/iotprov/iotprov/internal/store"
 	"github.com/iotprov/iotprov/internal/testenv"
 )
-
-// syncBuffer collects log output written from the worker.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 const (
 	caSecretName = "iotprov-ca"
@@ -47,12 +27,12 @@ type vaultFixture struct {
 	kv     *kvtest.Server
 	cached *secrets.Cached
 	clock  *testenv.Clock
-	logs   *syncBuffer
+	logs   *testenv.SyncBuffer
 }
 
 func newVaultFixture(t *testing.T, ops ...store.Operation) *vaultFixture {
 	t.Helper()
-	f := &vaultFixture{fixture: newFixture(t, ops...), kv: kvtest.NewServer(t), clock: testenv.NewClock(time.Now()), logs: &syncBuffer{}}
+	f := &vaultFixture{fixture: newFixture(t, ops...), kv: kvtest.NewServer(t), clock: testenv.NewClock(time.Now()), logs: &testenv.SyncBuffer{}}
 	src, err := secrets.NewKeyVaultSource(f.kv.URL(), f.kv.Credential(), f.kv.ClientOptions())
 	if err != nil {
 		t.Fatal(err)

@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -73,7 +72,7 @@ func startStack(t *testing.T, o stackOptions) *devstack.Stack {
 	}
 	ports := devstack.Ports{Blob: testenv.FreePort(t), Queue: testenv.FreePort(t), Table: testenv.FreePort(t),
 		DPS: testenv.FreePort(t), MQTT: testenv.FreePort(t), API: testenv.FreePort(t)}
-	logs := &lockedBuffer{}
+	logs := &testenv.SyncBuffer{}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	s, err := devstack.Start(ctx, devstack.Options{
@@ -355,22 +354,4 @@ func decodeB64(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// lockedBuffer collects the stack's output from several processes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
