@@ -42,13 +42,12 @@ func (plainIDs) DeviceID(s string) (string, error) { return s, nil }
 
 // fakeOps is an in-memory Operations with ETags; err fields simulate an outage.
 type fakeOps struct {
-	mu          sync.Mutex
-	ops         map[string]store.Operation
-	current     map[string]store.Current
-	n           int
-	getErr      error
-	createErr   func() error
-	afterCreate func() error // runs after a successful create; its error is returned
+	mu        sync.Mutex
+	ops       map[string]store.Operation
+	current   map[string]store.Current
+	n         int
+	getErr    error
+	createErr func() error
 }
 
 var _ Operations = (*fakeOps)(nil)
@@ -86,9 +85,6 @@ func (f *fakeOps) CreateOperation(_ context.Context, op *store.Operation, prev *
 	op.ETag = strconv.Itoa(f.n)
 	f.ops[op.DeviceID+"/"+op.ID] = *op
 	f.current[op.DeviceID] = store.Current{DeviceID: op.DeviceID, OperationID: op.ID, CreatedAt: op.CreatedAt, ETag: op.ETag}
-	if f.afterCreate != nil {
-		return f.afterCreate()
-	}
 	return nil
 }
 
@@ -358,27 +354,5 @@ func TestRegisterAfterAbandonedIsNotThrottled(t *testing.T) {
 	q.err = nil
 	if rec, body := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", ""); rec.Code != 202 {
 		t.Fatalf("retry after abandon: %d %v", rec.Code, body)
-	}
-}
-
-// A register whose transaction landed but was answered with a conflict (a retried
-// request that had succeeded) still enqueues its operation and answers 202.
-func TestRegisterOwnTransactionLandedAsConflict(t *testing.T) {
-	ops, q := newFakeOps(), &fakeQueue{}
-	_, mux := newServer(ops, q)
-	landedOnce := false
-	ops.afterCreate = func() error {
-		if landedOnce {
-			return nil
-		}
-		landedOnce = true
-		return store.ErrConflict
-	}
-	rec, body := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", "")
-	if rec.Code != 202 || len(q.sent) != 1 || q.sent[0].OperationID != body["operationId"] {
-		t.Fatalf("got %d %v, queued %+v", rec.Code, body, q.sent)
-	}
-	if len(ops.ops) != 1 {
-		t.Errorf("%d operations, want 1", len(ops.ops))
 	}
 }

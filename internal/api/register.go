@@ -132,10 +132,6 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 			UpdatedAt: now,
 		}
 		err = s.Ops.CreateOperation(ctx, op, cur)
-		if errors.Is(err, store.ErrConflict) && s.landed(ctx, op) {
-			// Our transaction landed and a retry of it conflicted with itself.
-			err = nil
-		}
 		if errors.Is(err, store.ErrConflict) && attempt < raceRetries {
 			continue // another register of this device won; return its operation
 		}
@@ -149,14 +145,6 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 		log.Info("register: operation created", "operationId", op.ID, "csr", csrDER != nil)
 		return op, nil
 	}
-}
-
-// landed reports whether the device's link points at op: after a conflict, that means
-// the conflict was a retry of our own successful transaction (storage can time out a
-// request that succeeded), not another register winning — so op must still be queued.
-func (s *Server) landed(ctx context.Context, op *store.Operation) bool {
-	cur, err := s.Ops.GetCurrent(ctx, op.DeviceID)
-	return err == nil && cur.OperationID == op.ID
 }
 
 // stuckAfter is how long an operation may stay queued before register assumes its queue

@@ -307,22 +307,13 @@ func (w *Worker) deferOperation(ctx context.Context, log *slog.Logger, op *store
 	}
 	op.ErrorCode, op.ErrorMessage = t.Code, t.Message // last transient error, for operators
 	if err := w.Ops.UpdateOperation(ctx, op); err != nil {
-		if !errors.Is(err, store.ErrConflict) {
-			return fmt.Errorf("provision: record attempt: %w", err)
-		}
-		// A conflict may be our own write landing: storage can time out a request that
-		// succeeded, and the SDK's retry then finds the ETag moved on. Acknowledging then
-		// would lose the operation's only message (seen in the burst bench). Only if what
-		// is stored is not what we wrote does another delivery own the operation.
-		cur, gerr := w.Ops.GetOperation(ctx, op.DeviceID, op.ID)
-		if gerr != nil {
-			return fmt.Errorf("provision: reload after conflict: %w", gerr)
-		}
-		if cur.Status != op.Status || cur.Attempts != op.Attempts || cur.ErrorCode != op.ErrorCode {
+		if errors.Is(err, store.ErrConflict) {
+			// A real conflict: the store has already ruled out a retry of our own write
+			// (store.UpdateOperation), so another delivery moved the operation on.
 			log.Info("provision: operation moved on while deferring; acknowledged")
-			return nil // the other delivery owns it now
+			return nil
 		}
-		*op = *cur
+		return fmt.Errorf("provision: record attempt: %w", err)
 	}
 	if err := w.Queue.Enqueue(ctx, msg, t.Delay); err != nil {
 		if lastDelivery {

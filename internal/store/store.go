@@ -10,6 +10,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -195,7 +196,13 @@ func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Curren
 		link,
 	}, nil)
 	if err != nil {
-		return mapErr("create operation", err)
+		err = mapErr("create operation", err)
+		if errors.Is(err, ErrConflict) && s.createLanded(ctx, op) {
+			err = nil
+		}
+	}
+	if err != nil {
+		return err
 	}
 	// The transaction answer carries no ETags (the SDK drops them). Reading the operation
 	// back would cost a storage transaction on every register for a value only the rare
@@ -232,11 +239,50 @@ func (s *Store) UpdateOperation(ctx context.Context, op *Operation) error {
 	}
 	prevUpdated := op.UpdatedAt
 	op.UpdatedAt = s.now().UTC()
-	if err := s.replace(ctx, op); err != nil {
+	err := s.replace(ctx, op)
+	if errors.Is(err, ErrConflict) {
+		if stored := s.storedAsWritten(ctx, op); stored != nil {
+			*op = *stored
+			return nil
+		}
+	}
+	if err != nil {
 		op.UpdatedAt = prevUpdated
 		return err
 	}
 	return nil
+}
+
+// A conditional write can be applied by the service while its answer is lost (a timeout
+// under load); the SDK then retries it, and the retry fails its own precondition: 412 on
+// an update, 409 on an insert. Taken at face value that conflict tells the caller another
+// writer won, and the caller would drop work that is in fact recorded (a worker that
+// acknowledges without re-enqueueing loses the operation's only message). So on a
+// conflict the store reads what is stored and reports success if it is exactly what was
+// written. This costs reads only on the conflict path.
+
+// storedAsWritten returns the stored operation if it is exactly op as just written.
+func (s *Store) storedAsWritten(ctx context.Context, op *Operation) *Operation {
+	stored, err := s.GetOperation(ctx, op.DeviceID, op.ID)
+	if err != nil {
+		return nil
+	}
+	written, err1 := marshalOperation(op)
+	got, err2 := marshalOperation(stored)
+	if err1 != nil || err2 != nil || !bytes.Equal(written, got) {
+		return nil
+	}
+	return stored
+}
+
+// createLanded reports whether the device's link points at op and op is stored exactly
+// as written: the transaction that creates both was applied.
+func (s *Store) createLanded(ctx context.Context, op *Operation) bool {
+	cur, err := s.GetCurrent(ctx, op.DeviceID)
+	if err != nil || cur.OperationID != op.ID {
+		return false
+	}
+	return s.storedAsWritten(ctx, op) != nil
 }
 
 // replace writes op as is, conditional on op.ETag, and stores the new ETag in op.
