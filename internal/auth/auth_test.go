@@ -190,3 +190,42 @@ func TestIdentityKey(t *testing.T) {
 		t.Fatalf("Key() = %q", got)
 	}
 }
+
+// authWant is what one table case expects of Authenticate: no credential of the method's
+// kind, an identity, or a refusal with a status and a stable code.
+type authWant struct {
+	NoCred bool
+	ID     string
+	Status int
+	Code   string
+}
+
+// checkAuth asserts one Authenticate result of method against want, the same way for
+// every method. For a refusal it returns the *errcode.Error (with no identity alongside),
+// so a case can check what must not be in its message; otherwise nil.
+func checkAuth(t *testing.T, method string, id Identity, err error, want authWant) *errcode.Error {
+	t.Helper()
+	switch {
+	case want.NoCred:
+		if !errors.Is(err, ErrNoCredential) {
+			t.Fatalf("err = %v, want ErrNoCredential", err)
+		}
+		return nil
+	case want.Code == "":
+		if err != nil || id != (Identity{Method: method, Subject: want.ID}) || id.Key() != method+":"+want.ID {
+			t.Fatalf("got %+v, %v; want %s:%s", id, err, method, want.ID)
+		}
+		return nil
+	}
+	var e *errcode.Error
+	if !errors.As(err, &e) {
+		t.Fatalf("err = %v (%T), want *errcode.Error", err, err)
+	}
+	if e.Status != want.Status || e.Code != want.Code {
+		t.Fatalf("got %d %s (%s; %v), want %d %s", e.Status, e.Code, e.Message, e.Cause, want.Status, want.Code)
+	}
+	if id != (Identity{}) {
+		t.Fatalf("identity %+v returned with an error", id)
+	}
+	return e
+}

@@ -158,20 +158,7 @@ func TestBeamAuthenticate(t *testing.T) {
 			r := httptest.NewRequest(http.MethodPost, "/", nil)
 			r.Header = tt.header
 			id, err := b.Authenticate(context.Background(), r)
-			switch {
-			case tt.wantNoCred:
-				if !errors.Is(err, ErrNoCredential) {
-					t.Fatalf("err = %v, want ErrNoCredential", err)
-				}
-			case tt.wantCode == "":
-				if err != nil || id != (Identity{Method: "beam", Subject: tt.wantID}) {
-					t.Fatalf("got %+v, %v; want %s", id, err, tt.wantID)
-				}
-			default:
-				e := errcode.As(err)
-				if e.Status != tt.wantStatus || e.Code != tt.wantCode {
-					t.Fatalf("got %d %s (%s), want %d %s", e.Status, e.Code, e.Message, tt.wantStatus, tt.wantCode)
-				}
+			if e := checkAuth(t, "beam", id, err, authWant{NoCred: tt.wantNoCred, ID: tt.wantID, Status: tt.wantStatus, Code: tt.wantCode}); e != nil {
 				if sig := tt.header.Get(BeamHeaderSignature); len(sig) > 8 && strings.Contains(e.Message, sig) {
 					t.Fatalf("message echoes the signature: %q", e.Message)
 				}

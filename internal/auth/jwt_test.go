@@ -214,20 +214,7 @@ func TestJWTAuthenticate(t *testing.T) {
 				r.Header.Add("Authorization", h)
 			}
 			id, err := a.Authenticate(context.Background(), r)
-			switch {
-			case tt.wantNoCred:
-				if !errors.Is(err, ErrNoCredential) {
-					t.Fatalf("err = %v, want ErrNoCredential", err)
-				}
-			case tt.wantCode == "":
-				if err != nil || id != (Identity{Method: "jwt", Subject: tt.wantID}) {
-					t.Fatalf("got %+v, %v; want %s", id, err, tt.wantID)
-				}
-			default:
-				e := errcode.As(err)
-				if e.Status != tt.wantStatus || e.Code != tt.wantCode {
-					t.Fatalf("got %d %s (%s; %v), want %d %s", e.Status, e.Code, e.Message, e.Cause, tt.wantStatus, tt.wantCode)
-				}
+			if e := checkAuth(t, "jwt", id, err, authWant{NoCred: tt.wantNoCred, ID: tt.wantID, Status: tt.wantStatus, Code: tt.wantCode}); e != nil {
 				for _, h := range tt.headers {
 					if tok := strings.TrimPrefix(h, "Bearer "); len(tok) > 16 && strings.Contains(e.Message, tok[len(tok)-16:]) {
 						t.Fatalf("message echoes the token: %q", e.Message)

@@ -183,32 +183,7 @@ func TestSASAuthenticate(t *testing.T) {
 				r.Header.Add("Authorization", h)
 			}
 			id, err := s.Authenticate(context.Background(), r)
-			switch {
-			case tt.wantNoCred:
-				if !errors.Is(err, ErrNoCredential) {
-					t.Fatalf("err = %v, want ErrNoCredential", err)
-				}
-			case tt.wantCode == "":
-				if err != nil {
-					t.Fatalf("err = %v", err)
-				}
-				if id != (Identity{Method: "sas", Subject: tt.wantID}) {
-					t.Fatalf("identity = %+v", id)
-				}
-				if id.Key() != "sas:"+tt.wantID {
-					t.Fatalf("Key() = %q", id.Key())
-				}
-			default:
-				var e *errcode.Error
-				if !errors.As(err, &e) {
-					t.Fatalf("err = %v (%T), want *errcode.Error", err, err)
-				}
-				if e.Status != tt.wantStatus || e.Code != tt.wantCode {
-					t.Fatalf("got %d %s (%s), want %d %s", e.Status, e.Code, e.Message, tt.wantStatus, tt.wantCode)
-				}
-				if id != (Identity{}) {
-					t.Fatalf("identity %+v returned with error", id)
-				}
+			if e := checkAuth(t, "sas", id, err, authWant{NoCred: tt.wantNoCred, ID: tt.wantID, Status: tt.wantStatus, Code: tt.wantCode}); e != nil {
 				if tt.wantStatus == 503 && e.RetryAfter != 5*time.Second {
 					t.Fatalf("RetryAfter = %v, want 5s", e.RetryAfter)
 				}

@@ -146,24 +146,7 @@ func TestX509Authenticate(t *testing.T) {
 				r.Header.Add("X-ARR-ClientCert", h)
 			}
 			id, err := a.Authenticate(context.Background(), r)
-			switch {
-			case tt.wantNoCred:
-				if !errors.Is(err, ErrNoCredential) {
-					t.Fatalf("err = %v, want ErrNoCredential", err)
-				}
-			case tt.wantCode == "":
-				if err != nil || id != (Identity{Method: "x509", Subject: tt.wantID}) {
-					t.Fatalf("got %+v, %v; want %s", id, err, tt.wantID)
-				}
-			default:
-				e := errcode.As(err)
-				if e.Status != tt.wantStatus || e.Code != tt.wantCode {
-					t.Fatalf("got %d %s (%s; %v), want %d %s", e.Status, e.Code, e.Message, e.Cause, tt.wantStatus, tt.wantCode)
-				}
-				if id != (Identity{}) {
-					t.Fatalf("identity %+v with error", id)
-				}
-			}
+			checkAuth(t, "x509", id, err, authWant{NoCred: tt.wantNoCred, ID: tt.wantID, Status: tt.wantStatus, Code: tt.wantCode})
 		})
 	}
 }
