@@ -43,19 +43,6 @@ func (c *testCA) answer(t testing.TB, id string, pub crypto.PublicKey, keyPEM st
 		Certificate: string(issued.ChainPEM), PrivateKey: keyPEM, RootCACertificate: string(c.root.CertificatePEM())}
 }
 
-func serverKey(t testing.TB) (crypto.Signer, string) {
-	t.Helper()
-	k, err := ca.GenerateKey(ca.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ca.MarshalPrivateKeyPEM(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, string(p)
-}
-
 func TestPercentiles(t *testing.T) {
 	var d []time.Duration
 	for i := 1; i <= 100; i++ {
@@ -154,7 +141,7 @@ func (f *fakeService) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if pub, ok := f.csrs[id]; ok {
 			a = f.c.answer(f.t, id, pub, "")
 		} else {
-			k, p := serverKey(f.t)
+			k, p := testenv.NewDeviceKey(f.t)
 			a = f.c.answer(f.t, id, k.Public(), p)
 		}
 		_ = json.NewEncoder(w).Encode(a)

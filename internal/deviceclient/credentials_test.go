@@ -42,24 +42,11 @@ func result(a Answer) *Result {
 		Certificate: a.Certificate, PrivateKey: a.PrivateKey, RootCACertificate: a.RootCACertificate}}
 }
 
-func serverKey(t testing.TB) (crypto.Signer, string) {
-	t.Helper()
-	k, err := ca.GenerateKey(ca.ECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := ca.MarshalPrivateKeyPEM(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k, string(p)
-}
-
 func TestVerifyCredentials(t *testing.T) {
 	c := newTestCA(t)
 	other := newTestCA(t)
-	key, keyPEM := serverKey(t)
-	otherKey, otherKeyPEM := serverKey(t)
+	key, keyPEM := testenv.NewDeviceKey(t)
+	otherKey, otherKeyPEM := testenv.NewDeviceKey(t)
 	with := func(a Answer, change func(*Answer)) Answer { change(&a); return a }
 	good := c.answer(t, "dev-1", key.Public(), keyPEM)
 	tests := []struct {

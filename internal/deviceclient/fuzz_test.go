@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 // FuzzParseAnswer feeds the device's parser whatever a hostile or broken service might
@@ -69,7 +71,7 @@ func FuzzParseAnswer(f *testing.F) {
 // nothing but a chain to the test root for dev-1, with its key, verifies.
 func FuzzVerifyCredentials(f *testing.F) {
 	c := newTestCA(f)
-	key, keyPEM := serverKey(f)
+	key, keyPEM := testenv.NewDeviceKey(f)
 	good, _ := json.Marshal(c.answer(f, "dev-1", key.Public(), keyPEM))
 	f.Add(good)
 	f.Add([]byte(`{"operationId":"` + opID + `","status":"assigned","deviceId":"dev-1","host":"h","certificate":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n","rootCaCertificate":"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}`))

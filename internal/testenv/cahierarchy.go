@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"crypto"
 	"crypto/x509"
 	"testing"
 	"time"
@@ -35,4 +36,18 @@ func NewCAHierarchy(t testing.TB) *CAHierarchy {
 	roots := x509.NewCertPool()
 	roots.AddCert(root.Certificate)
 	return &CAHierarchy{Root: root, Issuing: issuing, Roots: roots, Profile: profile}
+}
+
+// NewDeviceKey makes a server-style device key: a P-256 key and its PKCS#8 PEM.
+func NewDeviceKey(t testing.TB) (crypto.Signer, string) {
+	t.Helper()
+	k, err := ca.GenerateKey(ca.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := ca.MarshalPrivateKeyPEM(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, string(p)
 }
