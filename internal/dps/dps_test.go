@@ -379,6 +379,7 @@ func TestRegisterAndWait_contextDone(t *testing.T) {
 // RegisterAndWait paces itself around throttled and failing polls.
 type scriptedDPS struct {
 	mu    sync.Mutex
+	put   time.Time // when the register PUT arrived
 	polls []time.Time
 	// answers are the status-poll answers in order; the last repeats.
 	answers []scripted
@@ -393,6 +394,9 @@ type scripted struct {
 func (s *scriptedDPS) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	if r.Method == http.MethodPut {
+		s.mu.Lock()
+		s.put = time.Now()
+		s.mu.Unlock()
 		w.Header().Set("Retry-After", "0")
 		w.WriteHeader(http.StatusAccepted)
 		fmt.Fprint(w, `{"operationId":"4.1.op","status":"assigning"}`)
@@ -501,6 +505,32 @@ func TestRegisterAndWait_pollPacing(t *testing.T) {
 	}
 }
 
+// TestRegisterAndWait_pollSchedule checks the pace that keeps a device within DPS's
+// 5 status polls per 10 s: the first poll after FirstPollAfter (DPS said less), every
+// later one at least MinPollInterval after the one before.
+func TestRegisterAndWait_pollSchedule(t *testing.T) {
+	const first, gap = 50 * time.Millisecond, 400 * time.Millisecond
+	assigning := scripted{status: 202, retryAfter: "0", body: `{"operationId":"4.1.op","status":"assigning"}`}
+	c, fake, cert := startScripted(t, assigning, assigning, scripted{status: 200, body: assignedBody})
+	c.cfg.FirstPollAfter, c.cfg.MinPollInterval = first, gap
+	if _, err := c.RegisterAndWait(context.Background(), "dev-1", cert); err != nil {
+		t.Fatal(err)
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	if len(fake.polls) != 3 {
+		t.Fatalf("polls = %d, want 3", len(fake.polls))
+	}
+	if d := fake.polls[0].Sub(fake.put); d < first || d >= gap {
+		t.Errorf("first poll %v after the PUT, want in [%v, %v)", d, first, gap)
+	}
+	for i := 1; i < len(fake.polls); i++ {
+		if d := fake.polls[i].Sub(fake.polls[i-1]); d < gap {
+			t.Errorf("poll %d came %v after the one before, want ≥ %v", i+1, d, gap)
+		}
+	}
+}
+
 func TestRegister_concurrent(t *testing.T) {
 	emu, srv, pki := dpsemutest.Start(t, dpsemu.Config{PollRetryAfter: -1})
 	c := newClient(t, srv, pki, "0ne00000000")
@@ -536,6 +566,7 @@ func TestNew(t *testing.T) {
 		{name: "fail/endpoint with scheme", cfg: Config{IDScope: "s", Endpoint: "https://x"}, wantErr: true},
 		{name: "fail/scope with slash", cfg: Config{IDScope: "a/b"}, wantErr: true},
 		{name: "fail/negative timeout", cfg: Config{IDScope: "s", HTTPTimeout: -1}, wantErr: true},
+		{name: "fail/negative first poll", cfg: Config{IDScope: "s", FirstPollAfter: -1}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -546,7 +577,8 @@ func TestNew(t *testing.T) {
 			if err != nil {
 				return
 			}
-			if c.base != tt.base || c.cfg.HTTPTimeout != defaultHTTPTimeout || c.cfg.MinPollInterval != defaultMinPollInterval {
+			if c.base != tt.base || c.cfg.HTTPTimeout != defaultHTTPTimeout || c.cfg.MinPollInterval != defaultMinPollInterval ||
+				c.cfg.FirstPollAfter != defaultFirstPollAfter {
 				t.Errorf("client = %+v", c)
 			}
 		})
