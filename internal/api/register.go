@@ -184,7 +184,8 @@ func (s *Server) abandon(ctx context.Context, log *slog.Logger, created *store.O
 }
 
 // retryAfterDefault is used when the server is built without a RetryAfter. It covers
-// the usual time to assignment (DPS's register plus its first allowed status poll,
-// about 2–3 s), so a device's first poll mostly finds its credentials: every extra poll
-// is a storage read and a request to serve (bench: 2 s → 3 s cut polls per device).
-const retryAfterDefault = 3 * time.Second
+// the usual time to assignment (queue pickup, DPS's register and its first status poll
+// about 1 s later: service latency p50 ≈ 1.2 s under a 100 devices/s load), so a
+// device's first poll mostly finds its credentials; every extra poll is a storage read
+// and a request to serve, and a shorter wait would mostly add polls (docs/benchmarks.md).
+const retryAfterDefault = 2 * time.Second
