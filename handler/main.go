@@ -29,6 +29,7 @@ func main() {
 }
 
 func run() int {
+	tuneGC(os.Getenv)
 	cfg, err := config.Load(os.Getenv)
 	if err != nil {
 		// One line naming the setting: the first thing an operator sees in the host log.
