@@ -36,7 +36,18 @@ type handlerMetrics struct {
 type snapshot struct {
 	proc    *devstack.ProcStats
 	metrics *handlerMetrics
+	// cpu is the CPU time of the stack's other processes and of loadgen itself, by name
+	// (see stackProcesses); a process that could not be read is absent, not zero.
+	cpu map[string]time.Duration
 }
+
+// stackProcesses are the processes sharing the machine during a load, in the order the
+// table shows them. The docs say these cores, not the handler, bound throughput: the
+// handler's CPU alone cannot show that, the sum of all of them can.
+var stackProcesses = []string{"azurite", "dpsemu", "handler", "loadgen"}
+
+// totalKey is the sum of the processes measured in costDelta.StackCPUMsPerDevice.
+const totalKey = "total"
 
 // costDelta is what a load cost the handler, per assigned device.
 type costDelta struct {
@@ -47,17 +58,28 @@ type costDelta struct {
 	SecretReadsPerDevice    *float64 `json:"secretReadsPerDevice,omitempty"`
 	HandlerPeakRSSBytes     int64    `json:"handlerPeakRssBytes,omitempty"`
 	HandlerCPUSecondsInLoad float64  `json:"handlerCpuSeconds,omitempty"`
+	// StackCPUMsPerDevice is the CPU per device of each process measured (stackProcesses)
+	// and their "total"; an unmeasured process is left out, never reported as 0.
+	StackCPUMsPerDevice map[string]float64 `json:"stackCpuMsPerDevice,omitempty"`
+	// CPUBoundDevicesPerSec is cores / total CPU per device: the rate these cores would
+	// allow if nothing but CPU limited it. Only when all of stackProcesses were measured,
+	// since a partial total would overstate it.
+	CPUBoundDevicesPerSec *float64 `json:"cpuBoundDevicesPerSec,omitempty"`
 }
 
-// handlerProbe takes snapshots of the handler under test.
+// handlerProbe takes snapshots of the handler under test, and of the CPU time of the
+// rest of the stack and of loadgen.
 type handlerProbe struct {
-	pid  int // 0: unknown
-	base string
-	hc   *http.Client
+	pid int // 0: unknown
+	// others are the PIDs of the stack's other processes ("azurite", "dpsemu"), known
+	// only for a stack the bench started; a stack started elsewhere leaves it empty.
+	others map[string]int
+	base   string
+	hc     *http.Client
 }
 
 func (p *handlerProbe) snapshot(ctx context.Context) snapshot {
-	var s snapshot
+	s := snapshot{cpu: map[string]time.Duration{}}
 	if p.pid > 0 {
 		if st, err := devstack.ReadProc(p.pid); err == nil {
 			s.proc = &st
@@ -66,6 +88,15 @@ func (p *handlerProbe) snapshot(ctx context.Context) snapshot {
 	if m, err := p.readMetrics(ctx); err == nil {
 		s.metrics = m
 	}
+	for name, pid := range p.others {
+		if pid <= 0 {
+			continue
+		}
+		if st, err := devstack.ReadProc(pid); err == nil {
+			s.cpu[name] = st.CPU
+		}
+	}
+	s.cpu["loadgen"] = cpuTime()
 	return s
 }
 
@@ -91,25 +122,32 @@ func (p *handlerProbe) readMetrics(ctx context.Context) (*handlerMetrics, error)
 	return &m, nil
 }
 
-// delta divides what the handler spent between a and b by devices.
-func delta(a, b snapshot, devices int) *costDelta {
+// delta divides what the handler, and each process of the stack, spent between a and b
+// by devices; cores is the machine's CPU count, for the rate its CPU allows.
+func delta(a, b snapshot, devices, cores int) *costDelta {
 	if devices <= 0 {
 		return nil
 	}
 	per := func(x float64) *float64 { v := round(x/float64(devices), 3); return &v }
 	c := &costDelta{}
+	// handlerMs is the handler's CPU over the whole load, from one source for both ends.
+	var handlerMs *float64
 	switch {
 	case a.proc != nil && b.proc != nil:
 		cpu := b.proc.CPU - a.proc.CPU
 		c.CPUMsPerDevice = per(float64(cpu) / float64(time.Millisecond))
 		c.HandlerCPUSecondsInLoad = round(cpu.Seconds(), 2)
 		c.HandlerPeakRSSBytes = b.proc.PeakRSS
+		handlerMs = new(float64(cpu) / float64(time.Millisecond))
 	case a.metrics != nil && b.metrics != nil:
 		cpu := b.metrics.CPUSeconds - a.metrics.CPUSeconds
 		c.CPUMsPerDevice = per(cpu * 1000)
 		c.HandlerCPUSecondsInLoad = round(cpu, 2)
 		c.HandlerPeakRSSBytes = b.metrics.PeakRSSBytes
+		handlerMs = new(cpu * 1000)
 	}
+	c.StackCPUMsPerDevice = stackCPUPerDevice(a.cpu, b.cpu, handlerMs, devices)
+	c.CPUBoundDevicesPerSec = cpuBound(c.StackCPUMsPerDevice, cores)
 	if a.metrics != nil && b.metrics != nil {
 		c.StorageTxPerDevice = per(float64(b.metrics.StorageTransactions - a.metrics.StorageTransactions))
 		c.TableTxPerDevice = per(float64(b.metrics.TableTransactions - a.metrics.TableTransactions))
@@ -117,6 +155,51 @@ func delta(a, b snapshot, devices int) *costDelta {
 		c.SecretReadsPerDevice = per(float64(b.metrics.SecretFetches - a.metrics.SecretFetches))
 	}
 	return c
+}
+
+// stackCPUPerDevice is each process's CPU between the snapshots a and b per device, in
+// ms, with handlerMs (the handler's CPU over the load, nil if unknown) under "handler",
+// and their total. A process missing from either snapshot is left out: its figure is
+// unknown, and a 0 would understate the total.
+func stackCPUPerDevice(a, b map[string]time.Duration, handlerMs *float64, devices int) map[string]float64 {
+	if devices <= 0 {
+		return nil
+	}
+	loadMs := map[string]float64{}
+	for name, after := range b {
+		if before, ok := a[name]; ok && after >= before {
+			loadMs[name] = float64(after-before) / float64(time.Millisecond)
+		}
+	}
+	if handlerMs != nil && *handlerMs >= 0 {
+		loadMs["handler"] = *handlerMs
+	}
+	if len(loadMs) == 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	var total float64
+	for name, v := range loadMs {
+		out[name] = round(v/float64(devices), 3)
+		total += v
+	}
+	out[totalKey] = round(total/float64(devices), 3)
+	return out
+}
+
+// cpuBound is the devices per second cores CPUs allow at the measured total CPU per
+// device: nil unless every one of stackProcesses was measured.
+func cpuBound(perDevice map[string]float64, cores int) *float64 {
+	for _, name := range stackProcesses {
+		if _, ok := perDevice[name]; !ok {
+			return nil
+		}
+	}
+	total := perDevice[totalKey]
+	if cores <= 0 || total <= 0 {
+		return nil
+	}
+	return new(round(float64(cores)*1000/total, 1))
 }
 
 // floorResult is the least CPU one device can cost: what the handler must do whatever

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/ca"
 	"github.com/iotprov/iotprov/internal/deviceclient"
+	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/testenv"
 )
 
@@ -198,6 +200,110 @@ func TestRunLoad(t *testing.T) {
 			t.Errorf("failed %d, errors %v; want three 401s", r.Failed, r.Errors)
 		}
 	})
+}
+
+func TestStackCPU(t *testing.T) {
+	const ms = time.Millisecond
+	proc := func(cpu time.Duration) *devstack.ProcStats { return &devstack.ProcStats{CPU: cpu} }
+	// before is a stack the bench started: every process read.
+	before := snapshot{proc: proc(time.Second), cpu: map[string]time.Duration{"azurite": 2 * time.Second, "dpsemu": 500 * ms, "loadgen": 3 * time.Second}}
+	const allMetric = "stack CPU per device (azurite / dpsemu / handler / loadgen = total)"
+	const boundMetric = "devices/s these cores allow at this CPU per device"
+	tests := []struct {
+		name      string
+		a, b      snapshot
+		devices   int
+		want      map[string]float64 // nil: no figure at all
+		wantBound float64            // 0: no bound (a process was not measured)
+		wantRows  map[string]string  // metric → value; a metric mapped to "" must be absent
+	}{
+		{
+			name: "ok/every process measured",
+			a:    before,
+			b: snapshot{proc: proc(1340 * ms), cpu: map[string]time.Duration{
+				"azurite": 2610 * ms, "dpsemu": 620 * ms, "loadgen": 3200 * ms}},
+			devices:   100,
+			want:      map[string]float64{"azurite": 6.1, "dpsemu": 1.2, "handler": 3.4, "loadgen": 2, "total": 12.7},
+			wantBound: 157.5, // 2 CPUs / 12.7 ms
+			wantRows: map[string]string{
+				allMetric:                "6.10 / 1.20 / 3.40 / 2.00 = 12.70 ms",
+				boundMetric:              "157.5 devices/s (2 CPUs / 12.70 ms)",
+				"handler CPU per device": "3.40 ms", // the existing row, from the same figure
+			},
+		},
+		{
+			name:    "ok/stack started elsewhere: only the handler (from its metrics) and loadgen",
+			a:       snapshot{metrics: &handlerMetrics{CPUSeconds: 1}, cpu: map[string]time.Duration{"loadgen": time.Second}},
+			b:       snapshot{metrics: &handlerMetrics{CPUSeconds: 1.34}, cpu: map[string]time.Duration{"loadgen": 1200 * ms}},
+			devices: 100,
+			want:    map[string]float64{"handler": 3.4, "loadgen": 2, "total": 5.4},
+			wantRows: map[string]string{
+				"stack CPU per device (handler / loadgen = total)": "3.40 / 2.00 = 5.40 ms (not measured: azurite, dpsemu)",
+				allMetric:   "",
+				boundMetric: "",
+			},
+		},
+		{
+			name:    "fail/azurite gone by the end of the load and the handler unknown: both left out",
+			a:       snapshot{cpu: before.cpu},
+			b:       snapshot{cpu: map[string]time.Duration{"dpsemu": 620 * ms, "loadgen": 3200 * ms}},
+			devices: 100,
+			want:    map[string]float64{"dpsemu": 1.2, "loadgen": 2, "total": 3.2},
+			wantRows: map[string]string{
+				"stack CPU per device (dpsemu / loadgen = total)": "1.20 / 2.00 = 3.20 ms (not measured: azurite, handler)",
+				boundMetric: "",
+			},
+		},
+		{
+			name:    "fail/a counter that went back (another process on a reused PID) is left out",
+			a:       before,
+			b:       snapshot{proc: proc(1340 * ms), cpu: map[string]time.Duration{"azurite": time.Second, "dpsemu": 620 * ms, "loadgen": 3200 * ms}},
+			devices: 100,
+			want:    map[string]float64{"dpsemu": 1.2, "handler": 3.4, "loadgen": 2, "total": 6.6},
+			wantRows: map[string]string{
+				"stack CPU per device (dpsemu / handler / loadgen = total)": "1.20 / 3.40 / 2.00 = 6.60 ms (not measured: azurite)",
+				boundMetric: "",
+			},
+		},
+		{
+			name:    "fail/no device assigned: no figure",
+			a:       before,
+			b:       before,
+			devices: 0,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := delta(tt.a, tt.b, tt.devices, 2)
+			if tt.want == nil {
+				if c != nil && c.StackCPUMsPerDevice != nil {
+					t.Fatalf("stack CPU = %v, want none", c.StackCPUMsPerDevice)
+				}
+				return
+			}
+			if !maps.Equal(c.StackCPUMsPerDevice, tt.want) {
+				t.Errorf("stack CPU = %v, want %v", c.StackCPUMsPerDevice, tt.want)
+			}
+			switch {
+			case tt.wantBound == 0 && c.CPUBoundDevicesPerSec != nil:
+				t.Errorf("bound = %v, want none", *c.CPUBoundDevicesPerSec)
+			case tt.wantBound != 0 && (c.CPUBoundDevicesPerSec == nil || *c.CPUBoundDevicesPerSec != tt.wantBound):
+				t.Errorf("bound = %v, want %v", c.CPUBoundDevicesPerSec, tt.wantBound)
+			}
+			r := &report{Machine: machine{CPUs: 2}, Loads: []loadResult{{Name: "throughput-p256", Devices: tt.devices, Assigned: tt.devices, Cost: c}}}
+			got := map[string]string{}
+			for _, x := range r.rows() {
+				got[x.Metric] = x.Value
+			}
+			for metric, want := range tt.wantRows {
+				if v, ok := got[metric]; want == "" && ok {
+					t.Errorf("row %q = %q, want no such row", metric, v)
+				} else if want != "" && v != want {
+					t.Errorf("row %q = %q, want %q", metric, v, want)
+				}
+			}
+		})
+	}
 }
 
 func TestParseFlags(t *testing.T) {

@@ -238,6 +238,9 @@ func (b *bench) withStack(ctx context.Context, dir string, sample map[string]str
 	var values map[string]string
 	base, dpsAddr, pid := b.o.base, b.o.dps, 0
 	var stack *devstack.Stack
+	// others are the stack's other processes, whose CPU the loads report too; known only
+	// for a stack started here.
+	others := map[string]int{}
 	if base == "" {
 		var ports devstack.Ports
 		for _, p := range []*int{&ports.Blob, &ports.Queue, &ports.Table, &ports.DPS, &ports.MQTT, &ports.API} {
@@ -257,6 +260,11 @@ func (b *bench) withStack(ctx context.Context, dir string, sample map[string]str
 		}
 		stack = s
 		base, dpsAddr, pid = s.BaseURL, fmt.Sprintf("localhost:%d", ports.DPS), s.PID("handler")
+		for _, name := range []string{"azurite", "dpsemu"} {
+			if p := s.PID(name); p > 0 {
+				others[name] = p
+			}
+		}
 		values = devstack.Values(dir, ports, sample)
 	} else {
 		values = devstack.Values(dir, devstack.DefaultPorts, sample)
@@ -270,7 +278,7 @@ func (b *bench) withStack(ctx context.Context, dir string, sample map[string]str
 			}
 		}
 	}
-	t, err := b.newTarget(mat, base, dpsAddr, pid, values, logs)
+	t, err := b.newTarget(mat, base, dpsAddr, pid, others, values, logs)
 	if err == nil {
 		err = fn(ctx, t)
 	}
@@ -280,7 +288,7 @@ func (b *bench) withStack(ctx context.Context, dir string, sample map[string]str
 	return err
 }
 
-func (b *bench) newTarget(mat devstack.Material, base, dpsAddr string, pid int, values map[string]string, logs *stackLog) (*target, error) {
+func (b *bench) newTarget(mat devstack.Material, base, dpsAddr string, pid int, others map[string]int, values map[string]string, logs *stackLog) (*target, error) {
 	raw, err := os.ReadFile(mat.SecretFile(devstack.SecretSASGroupKey))
 	if err != nil {
 		return nil, err
@@ -298,7 +306,7 @@ func (b *bench) newTarget(mat devstack.Material, base, dpsAddr string, pid int, 
 		MaxIdleConns: 1024, MaxIdleConnsPerHost: 1024, MaxConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}}
 	t := &target{
 		fleet:   &fleet{base: base, hc: hc, groupKey: groupKey, deviceRoots: roots, minPoll: b.o.minPoll},
-		probe:   &handlerProbe{pid: pid, base: base, hc: &http.Client{Timeout: 10 * time.Second}},
+		probe:   &handlerProbe{pid: pid, others: others, base: base, hc: &http.Client{Timeout: 10 * time.Second}},
 		dpsAddr: dpsAddr, logs: logs, mat: mat,
 	}
 	if tables, _, err := storageconn.Open(storageconn.Settings{ConnectionString: values["AzureWebJobsStorage"]}, nil); err == nil {
@@ -356,7 +364,8 @@ func (b *bench) mainScenarios(ctx context.Context, t *target) error {
 	return nil
 }
 
-// measureLoad runs one load with the handler's cost counters read around it.
+// measureLoad runs one load with the handler's cost counters, and the CPU time of the
+// stack's processes and of loadgen, read around it.
 func (b *bench) measureLoad(ctx context.Context, t *target, spec loadSpec, prefix string) loadResult {
 	b.log.Info("load", "name", spec.Name, "devices", spec.N, "concurrency", spec.Concurrency, "rate", spec.Rate, "csr", spec.CSR)
 	defBefore, _ := t.logs.counts()
@@ -364,7 +373,7 @@ func (b *bench) measureLoad(ctx context.Context, t *target, spec loadSpec, prefi
 	r := runLoad(ctx, t.fleet, spec, prefix)
 	after := t.probe.snapshot(ctx)
 	defAfter, _ := t.logs.counts()
-	r.Cost = delta(before, after, r.Assigned)
+	r.Cost = delta(before, after, r.Assigned, b.report.Machine.CPUs)
 	r.dps = &dpsThrottleLog{HandlerDeferrals: defAfter - defBefore}
 	if t.store != nil {
 		sctx, cancel := context.WithTimeout(ctx, time.Minute)

@@ -100,6 +100,13 @@ func (r *report) rows() []row {
 			} else {
 				add(name, "handler CPU per device", "unknown (no /proc access to the handler)", "", nil)
 			}
+			if len(c.StackCPUMsPerDevice) > 0 {
+				metric, value := stackCPURow(c.StackCPUMsPerDevice)
+				add(name, metric, value, "", nil)
+			}
+			if c.CPUBoundDevicesPerSec != nil {
+				add(name, "devices/s these cores allow at this CPU per device", cpuBoundValue(*c.CPUBoundDevicesPerSec, r.Machine.CPUs, c.StackCPUMsPerDevice[totalKey]), "", nil)
+			}
 			if name == "throughput-p256" || name == "throughput-csr" {
 				if c.StorageTxPerDevice != nil {
 					add(name, "storage transactions per device", fmt.Sprintf("%.2f (tables %.2f, queue %.2f)", *c.StorageTxPerDevice, *c.TableTxPerDevice, *c.QueueTxPerDevice), "≤ 8", check(*c.StorageTxPerDevice <= 8))
@@ -142,6 +149,33 @@ func (r *report) rows() []row {
 		add("cold start", "binary size", mib(c.BinaryBytes), "≤ 25 MB", check(c.BinaryBytes <= 25<<20))
 	}
 	return out
+}
+
+// stackCPURow is the table row of a load's CPU per device by process: the metric names
+// the processes measured, in stackProcesses order, and the value lists those not
+// measured, so that a total over some of them is not read as the whole stack's.
+func stackCPURow(perDevice map[string]float64) (metric, value string) {
+	var names, figures, missing []string
+	for _, name := range stackProcesses {
+		v, ok := perDevice[name]
+		if !ok {
+			missing = append(missing, name)
+			continue
+		}
+		names = append(names, name)
+		figures = append(figures, fmt.Sprintf("%.2f", v))
+	}
+	metric = "stack CPU per device (" + strings.Join(names, " / ") + " = total)"
+	value = fmt.Sprintf("%s = %.2f ms", strings.Join(figures, " / "), perDevice[totalKey])
+	if len(missing) > 0 {
+		value += " (not measured: " + strings.Join(missing, ", ") + ")"
+	}
+	return metric, value
+}
+
+// cpuBoundValue shows the rate the machine's CPUs allow and how it follows from them.
+func cpuBoundValue(devicesPerSec float64, cpus int, totalMs float64) string {
+	return fmt.Sprintf("%.1f devices/s (%d CPUs / %.2f ms)", devicesPerSec, cpus, totalMs)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
