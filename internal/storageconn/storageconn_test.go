@@ -2,7 +2,13 @@ package storageconn
 
 import (
 	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -100,6 +106,72 @@ func TestOpenAzurite(t *testing.T) {
 	}
 	if _, err := qc.CreateQueue(ctx, "storageconn", nil); err != nil {
 		t.Fatalf("queues: %v", err)
+	}
+}
+
+// TestOpenKeepsConnectionsForConcurrency: after a round of concurrent storage calls, the
+// next round of the same size reuses the connections instead of dialling new ones (the
+// SDK's default transport keeps only 10 idle per host: 54 of 64 would be dialled again).
+func TestOpenKeepsConnectionsForConcurrency(t *testing.T) {
+	const inFlight = 64
+	var (
+		dialled atomic.Int64
+		mu      sync.Mutex
+		arrived int
+		release = make(chan struct{})
+	)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Hold every request until the whole round is in flight, so the round needs
+		// inFlight connections at once.
+		mu.Lock()
+		arrived++
+		ch := release
+		if arrived == inFlight {
+			close(release)
+			arrived, release = 0, make(chan struct{})
+		}
+		mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("x-ms-error-code", "ResourceNotFound")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte(`{"odata.error":{"code":"ResourceNotFound","message":{"lang":"en-US","value":"not found"}}}`))
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			dialled.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+
+	tc, _, err := Open(Settings{ConnectionString: testenv.ConnectionString(port, port)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table := tc.NewClient("t")
+	round := func() {
+		var wg sync.WaitGroup
+		for i := range inFlight {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				if _, err := table.GetEntity(ctx, "p", strconv.Itoa(i), nil); err == nil {
+					t.Error("GetEntity succeeded against a server that answers 404")
+				}
+			})
+		}
+		wg.Wait()
+	}
+	round()
+	first := dialled.Load()
+	round()
+	if again := dialled.Load() - first; first < inFlight || again != 0 {
+		t.Errorf("first round dialled %d connections (want ≥ %d), the second %d more (want 0)", first, inFlight, again)
 	}
 }
 
