@@ -121,11 +121,12 @@ func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount 
 	if err != nil {
 		return fmt.Errorf("provision: read operation: %w", err)
 	}
-	for {
-		if op.Status.Terminal() {
-			log.Info("provision: operation already finished", "status", op.Status)
-			return nil
-		}
+	if op.Status.Terminal() {
+		// A redelivery, or a duplicate of a message another delivery finished.
+		log.Info("provision: operation already finished", "status", op.Status)
+		return nil
+	}
+	for !op.Status.Terminal() {
 		var step error
 		switch op.Status {
 		case store.StatusQueued:
@@ -151,6 +152,9 @@ func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount 
 			if op, err = w.Ops.GetOperation(ctx, msg.DeviceID, msg.OperationID); err != nil {
 				return fmt.Errorf("provision: reload operation: %w", err)
 			}
+			if op.Status.Terminal() {
+				log.Info("provision: operation finished by another delivery", "status", op.Status)
+			}
 			continue
 		case errors.As(step, &transient):
 			return w.deferOperation(ctx, log, op, msg, transient, dequeueCount >= w.MaxDequeueCount)
@@ -166,6 +170,7 @@ func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount 
 			return step
 		}
 	}
+	return nil
 }
 
 // issue signs the device certificate and stores it (with the sealed key) before DPS is
