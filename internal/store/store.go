@@ -493,7 +493,7 @@ func marshalOperation(op *Operation) ([]byte, error) {
 		if v == "" {
 			continue
 		}
-		if !utf8.ValidString(v) || len(utf16.Encode([]rune(v))) > maxStringUnits {
+		if !utf8.ValidString(v) || utf16Len(v) > maxStringUnits {
 			return nil, fmt.Errorf("store: %s too large or not UTF-8", name)
 		}
 		p[name] = v
@@ -589,6 +589,16 @@ func norm(t time.Time) time.Time {
 		return t
 	}
 	return t.UTC().Truncate(time.Millisecond)
+}
+
+// utf16Len is the length of s in UTF-16 code units, without encoding it (a certificate
+// chain is stored on every write of an issued operation).
+func utf16Len(s string) int {
+	n := 0
+	for _, r := range s {
+		n += utf16.RuneLen(r)
+	}
+	return n
 }
 
 func truncate(s string, n int) string {
