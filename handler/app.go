@@ -52,7 +52,14 @@ type app struct {
 	secrets      *secrets.Cached
 	api          *api.Server
 	worker       *provision.Worker
+	// devices is the device policy table (nil when the policy is off) and hostQueue the
+	// local runner's view of the provision queue (nil under the Functions host): both
+	// make storage requests the metrics count.
+	devices, hostQueue transactionCounter
 }
+
+// transactionCounter is anything that counts the storage requests it makes.
+type transactionCounter interface{ Transactions() int64 }
 
 // newApp wires the service from cfg. It makes no network call, so the handler answers the
 // host's readiness probe at once (cold start).
@@ -124,7 +131,11 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 	st := store.New(tables)
 	q := queue.New(queues, queue.Name)
 	sealer := &provision.DataKeySealer{Secrets: cached, Name: cfg.DataKeySecret}
+	admitter, devices := devicePolicy(cfg, tables)
 	a := &app{log: log, store: st, queue: q, queueService: queues, secrets: cached}
+	if devices != nil {
+		a.devices = devices // not a typed nil in the interface
+	}
 	a.api = &api.Server{
 		Auth:        chain,
 		DeviceIDs:   deviceIDs,
@@ -133,7 +144,7 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 		Keys:        sealer,
 		RootCAPEM:   rootCAs,
 		MinInterval: cfg.RegistrationInterval,
-		Policy:      devicePolicy(cfg, tables),
+		Policy:      admitter,
 		NewID:       func() string { return uuid.NewString() },
 		Log:         log,
 	}
@@ -215,12 +226,14 @@ func authenticators(cfg *config.Config, src secrets.Source) (auth.Chain, error) 
 	return chain, nil
 }
 
-// devicePolicy is nil when the policy is off, so register makes no extra table read.
-func devicePolicy(cfg *config.Config, tables *aztables.ServiceClient) api.Admitter {
+// devicePolicy returns nil (and no table) when the policy is off, so register makes no
+// extra table read; otherwise every register reads the device's entry once.
+func devicePolicy(cfg *config.Config, tables *aztables.ServiceClient) (api.Admitter, *policy.Table) {
 	if cfg.DevicePolicy == policy.ModeOff {
-		return nil
+		return nil, nil
 	}
-	return &policy.Policy{Mode: cfg.DevicePolicy, Devices: policy.NewTable(tables)}
+	t := policy.NewTable(tables)
+	return &policy.Policy{Mode: cfg.DevicePolicy, Devices: t}, t
 }
 
 func iotHubRoots(file string) (string, error) {

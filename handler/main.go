@@ -81,7 +81,9 @@ func runLocal(ctx context.Context, log *slog.Logger, cfg *config.Config, a *app)
 		return fmt.Errorf("%s is %d but %s has maxDequeueCount %d: they must be equal",
 			config.MaxDequeueCount, cfg.MaxDequeueCount, hostPath, host.MaxDequeueCount)
 	}
-	runner := localrun.NewRunner(host, localrun.NewStorageQueue(a.queueService, queue.Name), a.functionsMux(), log)
+	hostQueue := localrun.NewStorageQueue(a.queueService, queue.Name)
+	a.hostQueue = hostQueue
+	runner := localrun.NewRunner(host, hostQueue, a.functionsMux(), log)
 	runner.PurgeInterval = 15 * time.Minute // functions/purge/function.json schedule
 	var tlsConf *tls.Config
 	if cfg.TLSListenAddr != "" {

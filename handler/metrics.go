@@ -17,12 +17,15 @@ var startedAt = time.Now()
 // and divides by the devices it provisioned. Every figure is a count or a size: nothing
 // here can carry a key, token or device identity.
 type metrics struct {
-	// Storage requests made by this process: Azure Tables (operations, devices) and
-	// Queues (enqueue, and on the local runner also the host's receive/delete/release,
-	// which in Azure the Functions host makes and bills to the same account).
-	TableTransactions   int64 `json:"tableTransactions"`
-	QueueTransactions   int64 `json:"queueTransactions"`
-	StorageTransactions int64 `json:"storageTransactions"`
+	// Storage requests made by this process: Azure Tables (operations, and the devices
+	// table when the device policy is on), Queues (register's enqueues), and on the local
+	// runner the host's own queue requests (receive, delete, release, lease renewal),
+	// which in Azure the Functions host makes and bills to the same account.
+	// StorageTransactions is their sum.
+	TableTransactions     int64 `json:"tableTransactions"`
+	QueueTransactions     int64 `json:"queueTransactions"`
+	HostQueueTransactions int64 `json:"hostQueueTransactions"`
+	StorageTransactions   int64 `json:"storageTransactions"`
 	// SecretFetches counts calls to the secret source behind the TTL cache: Key Vault
 	// reads in Azure, file reads on the local stack.
 	SecretFetches int64 `json:"secretFetches"`
@@ -41,10 +44,16 @@ func (a *app) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	if a.store != nil {
 		m.TableTransactions = a.store.Transactions()
 	}
+	if a.devices != nil {
+		m.TableTransactions += a.devices.Transactions()
+	}
+	if a.hostQueue != nil {
+		m.HostQueueTransactions = a.hostQueue.Transactions()
+	}
 	if a.queue != nil {
 		m.QueueTransactions = a.queue.Transactions()
 	}
-	m.StorageTransactions = m.TableTransactions + m.QueueTransactions
+	m.StorageTransactions = m.TableTransactions + m.QueueTransactions + m.HostQueueTransactions
 	if a.secrets != nil {
 		m.SecretFetches = a.secrets.Fetches()
 	}

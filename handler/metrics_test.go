@@ -21,6 +21,26 @@ func (s *countingSource) Secret(context.Context, string) ([]byte, error) {
 
 var _ secrets.Source = (*countingSource)(nil)
 
+type fixedCount int64
+
+func (n fixedCount) Transactions() int64 { return int64(n) }
+
+// The devices table's reads and the runner's queue requests are storage transactions
+// too: the total is every counter's sum.
+func TestHandleMetricsCountsEveryStorageClient(t *testing.T) {
+	a := testApp(&recordingOps{})
+	a.devices, a.hostQueue = fixedCount(3), fixedCount(5)
+	rec := httptest.NewRecorder()
+	a.handleMetrics(rec, httptest.NewRequest(http.MethodGet, "/debug/metrics", nil))
+	var m metrics
+	if err := json.Unmarshal(rec.Body.Bytes(), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.TableTransactions != 3 || m.HostQueueTransactions != 5 || m.StorageTransactions != 8 {
+		t.Errorf("tables %d, host queue %d, total %d; want 3, 5, 8", m.TableTransactions, m.HostQueueTransactions, m.StorageTransactions)
+	}
+}
+
 func TestHandleMetrics(t *testing.T) {
 	src := &countingSource{}
 	cached := secrets.NewCached(src, time.Hour, nil)
@@ -48,7 +68,7 @@ func TestHandleMetrics(t *testing.T) {
 	if m["storageTransactions"] != float64(0) {
 		t.Errorf("storageTransactions = %v, want 0 without storage", m["storageTransactions"])
 	}
-	for _, k := range []string{"tableTransactions", "queueTransactions", "cpuSeconds", "peakRssBytes", "heapBytes", "goroutines", "uptimeSeconds"} {
+	for _, k := range []string{"tableTransactions", "queueTransactions", "hostQueueTransactions", "cpuSeconds", "peakRssBytes", "heapBytes", "goroutines", "uptimeSeconds"} {
 		if _, ok := m[k].(float64); !ok {
 			t.Errorf("%s missing or not a number: %v", k, m[k])
 		}

@@ -23,12 +23,15 @@ const metricsPath = "/debug/metrics"
 
 // handlerMetrics is the part of GET /debug/metrics the bench uses.
 type handlerMetrics struct {
-	StorageTransactions int64   `json:"storageTransactions"`
-	TableTransactions   int64   `json:"tableTransactions"`
-	QueueTransactions   int64   `json:"queueTransactions"`
-	SecretFetches       int64   `json:"secretFetches"`
-	CPUSeconds          float64 `json:"cpuSeconds"`
-	PeakRSSBytes        int64   `json:"peakRssBytes"`
+	StorageTransactions int64 `json:"storageTransactions"`
+	TableTransactions   int64 `json:"tableTransactions"`
+	QueueTransactions   int64 `json:"queueTransactions"`
+	// HostQueueTransactions: the local runner's receive/delete/renew, which the
+	// Functions host makes in Azure (billed to the same account).
+	HostQueueTransactions int64   `json:"hostQueueTransactions"`
+	SecretFetches         int64   `json:"secretFetches"`
+	CPUSeconds            float64 `json:"cpuSeconds"`
+	PeakRSSBytes          int64   `json:"peakRssBytes"`
 }
 
 // snapshot is the handler's cost counters at one moment; either half may be missing
@@ -55,6 +58,7 @@ type costDelta struct {
 	StorageTxPerDevice      *float64 `json:"storageTransactionsPerDevice,omitempty"`
 	TableTxPerDevice        *float64 `json:"tableTransactionsPerDevice,omitempty"`
 	QueueTxPerDevice        *float64 `json:"queueTransactionsPerDevice,omitempty"`
+	HostQueueTxPerDevice    *float64 `json:"hostQueueTransactionsPerDevice,omitempty"`
 	SecretReadsPerDevice    *float64 `json:"secretReadsPerDevice,omitempty"`
 	HandlerPeakRSSBytes     int64    `json:"handlerPeakRssBytes,omitempty"`
 	HandlerCPUSecondsInLoad float64  `json:"handlerCpuSeconds,omitempty"`
@@ -152,6 +156,7 @@ func delta(a, b snapshot, devices, cores int) *costDelta {
 		c.StorageTxPerDevice = per(float64(b.metrics.StorageTransactions - a.metrics.StorageTransactions))
 		c.TableTxPerDevice = per(float64(b.metrics.TableTransactions - a.metrics.TableTransactions))
 		c.QueueTxPerDevice = per(float64(b.metrics.QueueTransactions - a.metrics.QueueTransactions))
+		c.HostQueueTxPerDevice = per(float64(b.metrics.HostQueueTransactions - a.metrics.HostQueueTransactions))
 		c.SecretReadsPerDevice = per(float64(b.metrics.SecretFetches - a.metrics.SecretFetches))
 	}
 	return c

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
@@ -30,8 +31,13 @@ var ErrLeaseLost = errors.New("localrun: message lease lost")
 // seconds instead of after a whole function timeout.
 type StorageQueue struct {
 	*queue.Queue
-	client *azqueue.QueueClient
+	client   *azqueue.QueueClient
+	renewals atomic.Int64
 }
+
+// Transactions counts the queue's storage requests: receives, deletes, releases and
+// lease renewals — what the Functions host makes in Azure, billed to the same account.
+func (q *StorageQueue) Transactions() int64 { return q.Queue.Transactions() + q.renewals.Load() }
 
 var (
 	_ Queue        = (*StorageQueue)(nil)
@@ -51,6 +57,7 @@ func (q *StorageQueue) Renew(ctx context.Context, r queue.Received, visibility t
 	if secs < 1 || visibility > 7*24*time.Hour {
 		return r, fmt.Errorf("localrun: lease %v outside [1 s, 7 days]", visibility)
 	}
+	q.renewals.Add(1)
 	resp, err := q.client.UpdateMessage(ctx, r.ID, r.PopReceipt, base64.StdEncoding.EncodeToString(r.Body),
 		&azqueue.UpdateMessageOptions{VisibilityTimeout: to.Ptr(secs)})
 	if err != nil {

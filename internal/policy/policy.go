@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -95,8 +96,12 @@ func (p *Policy) Admit(ctx context.Context, deviceID string) (Admission, error) 
 
 // Table is the devices table.
 type Table struct {
-	client *aztables.Client
+	client       *aztables.Client
+	transactions atomic.Int64 // storage requests made, for the handler's metrics
 }
+
+// Transactions returns how many storage requests the table has made.
+func (t *Table) Transactions() int64 { return t.transactions.Load() }
 
 var _ Devices = (*Table)(nil)
 
@@ -107,6 +112,7 @@ func NewTable(svc *aztables.ServiceClient) *Table {
 
 // Ensure creates the table if missing (the CLI may run before the handler ever did).
 func (t *Table) Ensure(ctx context.Context) error {
+	t.transactions.Add(1)
 	_, err := t.client.CreateTable(ctx, nil)
 	var re *azcore.ResponseError
 	if err != nil && !(errors.As(err, &re) && re.ErrorCode == string(aztables.TableAlreadyExists)) {
@@ -120,6 +126,7 @@ func (t *Table) Get(ctx context.Context, deviceID string) (*Device, error) {
 	if !validKey(deviceID) {
 		return nil, ErrNotFound
 	}
+	t.transactions.Add(1)
 	resp, err := t.client.GetEntity(ctx, deviceID, rowKey, nil)
 	if err != nil {
 		var re *azcore.ResponseError
@@ -149,6 +156,7 @@ func (t *Table) Put(ctx context.Context, d *Device) error {
 	if err != nil {
 		return err
 	}
+	t.transactions.Add(1)
 	if _, err := t.client.UpsertEntity(ctx, b, &aztables.UpsertEntityOptions{UpdateMode: aztables.UpdateModeReplace}); err != nil {
 		return fmt.Errorf("policy: put %q: %w", d.DeviceID, err)
 	}
@@ -161,6 +169,7 @@ func (t *Table) List(ctx context.Context) ([]*Device, error) {
 	pager := t.client.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
 	var out []*Device
 	for pager.More() {
+		t.transactions.Add(1)
 		page, err := pager.NextPage(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("policy: list: %w", err)
