@@ -46,7 +46,7 @@ type fakeOps struct {
 	ops       map[string]store.Operation
 	current   map[string]store.Current
 	n         int
-	getErr    error
+	getErr    error // storage down: reads and writes fail with it
 	createErr func() error
 }
 
@@ -77,8 +77,15 @@ func (f *fakeOps) CreateOperation(_ context.Context, op *store.Operation, prev *
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.getErr != nil {
+		return f.getErr
+	}
 	cur, ok := f.current[op.DeviceID]
 	if ok != (prev != nil) || (ok && cur.ETag != prev.ETag) {
+		// As the store does: the link as read after the conflict comes with it.
+		if ok {
+			return &store.ConflictError{Current: &cur}
+		}
 		return store.ErrConflict
 	}
 	f.n++

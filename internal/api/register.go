@@ -92,14 +92,26 @@ func (s *Server) pollInterval() time.Duration {
 // concurrent registers of one device agree on one operation.
 func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID string, csrDER []byte, minInterval time.Duration) (*store.Operation, error) {
 	log := s.Log.With("deviceId", deviceID, "auth", identity.Method)
+	// Most registers are a device's first, so the first attempt creates the operation and
+	// inserts the device's link without reading first: one storage transaction instead of
+	// two. A device that has a link makes that insert fail, and carries on from the link
+	// as read after the conflict (a re-registration costs one transaction more).
+	var (
+		cur     *store.Current
+		curRead = true // cur is what storage holds, as far as we know (nil: no link)
+	)
 	for attempt := 0; ; attempt++ {
-		cur, err := s.Ops.GetCurrent(ctx, deviceID)
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-			cur = nil
-		case err != nil:
-			return nil, unavailable(err)
+		if !curRead {
+			c, err := s.Ops.GetCurrent(ctx, deviceID)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				c = nil
+			case err != nil:
+				return nil, unavailable(err)
+			}
+			cur = c
 		}
+		curRead = false
 		if cur != nil {
 			prev, err := s.Ops.GetOperation(ctx, deviceID, cur.OperationID)
 			switch {
@@ -131,9 +143,14 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 			CreatedAt: now,
 			UpdatedAt: now,
 		}
-		err = s.Ops.CreateOperation(ctx, op, cur)
+		err := s.Ops.CreateOperation(ctx, op, cur)
 		if errors.Is(err, store.ErrConflict) && attempt < raceRetries {
-			continue // another register of this device won; return its operation
+			// The device has a link, or another register of it won: go by the link.
+			var ce *store.ConflictError
+			if errors.As(err, &ce) {
+				cur, curRead = ce.Current, true
+			}
+			continue
 		}
 		if err != nil {
 			return nil, unavailable(err)

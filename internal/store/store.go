@@ -156,7 +156,8 @@ func (s *Store) GetCurrent(ctx context.Context, deviceID string) (*Current, erro
 // CreateOperation inserts op and points the device's link at it in one transaction:
 // it inserts the link when prev == nil, else replaces it only if its ETag is still
 // prev.ETag. ErrConflict when another register won the race (the link changed, or the
-// operation ID exists). On success op.ETag is empty (see below): GetOperation before
+// operation ID exists), or prev == nil and the device has a link; as a *ConflictError
+// carrying the link when it could be read. On success op.ETag is empty (see below): GetOperation before
 // UpdateOperation.
 func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Current) error {
 	if op.ID == currentRowKey {
@@ -197,8 +198,14 @@ func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Curren
 	}, nil)
 	if err != nil {
 		err = mapErr("create operation", err)
-		if errors.Is(err, ErrConflict) && s.createLanded(ctx, op) {
-			err = nil
+		if errors.Is(err, ErrConflict) {
+			landed, cur := s.createLanded(ctx, op)
+			switch {
+			case landed:
+				err = nil
+			case cur != nil:
+				err = &ConflictError{Current: cur}
+			}
 		}
 	}
 	if err != nil {
@@ -276,14 +283,26 @@ func (s *Store) storedAsWritten(ctx context.Context, op *Operation) *Operation {
 }
 
 // createLanded reports whether the device's link points at op and op is stored exactly
-// as written: the transaction that creates both was applied.
-func (s *Store) createLanded(ctx context.Context, op *Operation) bool {
+// as written: the transaction that creates both was applied. When it was not, it also
+// returns the link it read (nil if there is none or the read failed).
+func (s *Store) createLanded(ctx context.Context, op *Operation) (bool, *Current) {
 	cur, err := s.GetCurrent(ctx, op.DeviceID)
-	if err != nil || cur.OperationID != op.ID {
-		return false
+	if err != nil {
+		return false, nil
 	}
-	return s.storedAsWritten(ctx, op) != nil
+	if cur.OperationID != op.ID {
+		return false, cur
+	}
+	return s.storedAsWritten(ctx, op) != nil, nil
 }
+
+// ConflictError is CreateOperation's ErrConflict when the device's link was read after
+// the conflict: the caller's next step is to look at that link, and this saves reading
+// it again.
+type ConflictError struct{ Current *Current }
+
+func (e *ConflictError) Error() string        { return ErrConflict.Error() + ": create operation" }
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // replace writes op as is, conditional on op.ETag, and stores the new ETag in op.
 func (s *Store) replace(ctx context.Context, op *Operation) error {

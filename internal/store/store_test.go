@@ -267,18 +267,29 @@ func TestCreateOperationConflicts(t *testing.T) {
 	dup := newOp(dev)
 	dup.ID = op.ID
 	tests := []struct {
-		name string
-		op   *Operation
-		prev *Current
+		name     string
+		op       *Operation
+		prev     *Current
+		wantLink bool // the error carries the link (it points at another operation)
 	}{
-		{"fail/link exists but prev is nil", newOp(dev), nil},
-		{"fail/operation ID exists", dup, cur},
-		{"fail/stale link ETag", newOp(dev), &Current{DeviceID: dev, OperationID: "x", ETag: `W/"datetime'2020-01-01T00%3A00%3A00.0000000Z'"`}},
+		{"fail/link exists but prev is nil", newOp(dev), nil, true},
+		{"fail/operation ID exists", dup, cur, false},
+		{"fail/stale link ETag", newOp(dev), &Current{DeviceID: dev, OperationID: "x", ETag: `W/"datetime'2020-01-01T00%3A00%3A00.0000000Z'"`}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := s.CreateOperation(ctx, tt.op, tt.prev); !errors.Is(err, ErrConflict) {
+			err := s.CreateOperation(ctx, tt.op, tt.prev)
+			if !errors.Is(err, ErrConflict) {
 				t.Fatalf("err = %v, want ErrConflict", err)
+			}
+			// The link read after the conflict comes with it, so register need not
+			// read it again.
+			var ce *ConflictError
+			if !tt.wantLink {
+				return
+			}
+			if !errors.As(err, &ce) || ce.Current == nil || ce.Current.OperationID != op.ID || ce.Current.ETag != cur.ETag {
+				t.Errorf("err = %#v, want a *ConflictError carrying the link to %s", err, op.ID)
 			}
 		})
 	}
