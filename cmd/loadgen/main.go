@@ -35,6 +35,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/iotprov/iotprov/internal/config"
 	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/storageconn"
 	"github.com/iotprov/iotprov/internal/store"
@@ -53,6 +54,13 @@ type options struct {
 	latencyFor, deadline, burstDeadline, minPoll                  time.Duration
 	set                                                           settingFlags
 }
+
+// benchDefaults are where the bench's stack differs from the local stack's sample
+// settings, to measure what infra/ deploys: the sample turns the device policy on to show
+// it off (make run), the deployment leaves it off by default. With it on ("open" or
+// "allowlist") every register reads the devices table once more, which the storage count
+// includes: -set IOTPROV_DEVICE_POLICY=open shows it.
+var benchDefaults = map[string]string{config.DevicePolicy: "off"}
 
 // settingFlags are -set KEY=VALUE overrides of the handler's settings (repeatable).
 type settingFlags map[string]string
@@ -187,6 +195,9 @@ func (b *bench) run(ctx context.Context) error {
 	sample, err := devstack.ReadSample(b.o.sample)
 	if err != nil {
 		return err
+	}
+	for k, v := range benchDefaults {
+		sample[k] = v
 	}
 	for k, v := range b.o.set {
 		sample[k] = v
