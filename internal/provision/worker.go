@@ -10,6 +10,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -126,13 +127,16 @@ func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount 
 		log.Info("provision: operation already finished", "status", op.Status)
 		return nil
 	}
+	// cred is the DPS client credential issue just made, so register need not rebuild it
+	// from storage (unseal the key, parse the chain); nil on a redelivery or for a CSR.
+	var cred *tls.Certificate
 	for !op.Status.Terminal() {
 		var step error
 		switch op.Status {
 		case store.StatusQueued:
-			step = w.issue(ctx, op)
+			cred, step = w.issue(ctx, op)
 		case store.StatusIssued:
-			step = w.register(ctx, op)
+			step = w.register(ctx, op, cred)
 		default:
 			step = &permanentError{Code: CodeBadOperation, Message: "The operation is in an unknown state.",
 				Cause: fmt.Errorf("status %q", op.Status)}
@@ -175,40 +179,41 @@ func (w *Worker) Provision(ctx context.Context, msg queue.Message, dequeueCount 
 
 // issue signs the device certificate and stores it (with the sealed key) before DPS is
 // called, so a redelivery resumes with the same certificate.
-func (w *Worker) issue(ctx context.Context, op *store.Operation) error {
+// For a server-generated key it also returns the device's TLS credential, once stored.
+func (w *Worker) issue(ctx context.Context, op *store.Operation) (*tls.Certificate, error) {
 	authority, err := w.CA.Authority(ctx)
 	if err != nil {
-		return &transientError{Delay: time.Minute, Code: "ca_unavailable",
+		return nil, &transientError{Delay: time.Minute, Code: "ca_unavailable",
 			Message: "The signing CA is not available.", Cause: err}
 	}
 	var (
 		pub    crypto.PublicKey
+		key    crypto.Signer
 		keyPEM []byte
 	)
 	if op.CSR != nil {
 		csr, err := x509.ParseCertificateRequest(op.CSR)
 		if err != nil {
-			return &permanentError{Code: "invalid_csr", Message: "The stored CSR cannot be read.", Cause: err}
+			return nil, &permanentError{Code: "invalid_csr", Message: "The stored CSR cannot be read.", Cause: err}
 		}
 		pub = csr.PublicKey
 	} else {
-		key, err := ca.GenerateKey(w.KeyAlgorithm)
-		if err != nil {
-			return fmt.Errorf("generate key: %w", err)
+		if key, err = ca.GenerateKey(w.KeyAlgorithm); err != nil {
+			return nil, fmt.Errorf("generate key: %w", err)
 		}
 		if keyPEM, err = ca.MarshalPrivateKeyPEM(key); err != nil {
-			return fmt.Errorf("marshal key: %w", err)
+			return nil, fmt.Errorf("marshal key: %w", err)
 		}
 		pub = key.Public()
 	}
 	issued, err := w.Profile.Issue(authority, ca.Request{DeviceID: op.DeviceID, PublicKey: pub}, w.now())
 	if err != nil {
-		return &permanentError{Code: "issuance_failed", Message: "The certificate could not be issued.", Cause: err}
+		return nil, &permanentError{Code: "issuance_failed", Message: "The certificate could not be issued.", Cause: err}
 	}
 	if keyPEM != nil {
 		sealed, err := w.Keys.Seal(ctx, keyPEM, op.ID, op.DeviceID)
 		if err != nil {
-			return &transientError{Delay: 30 * time.Second, Code: "data_key_unavailable",
+			return nil, &transientError{Delay: 30 * time.Second, Code: "data_key_unavailable",
 				Message: "The data key is not available.", Cause: err}
 		}
 		op.SealedKey = sealed
@@ -216,15 +221,38 @@ func (w *Worker) issue(ctx context.Context, op *store.Operation) error {
 	}
 	op.CertificatePEM = string(issued.ChainPEM)
 	op.Status = store.StatusIssued
-	return w.Ops.UpdateOperation(ctx, op)
+	if err := w.Ops.UpdateOperation(ctx, op); err != nil {
+		return nil, err
+	}
+	if key == nil {
+		return nil, nil
+	}
+	return &tls.Certificate{Certificate: pemBlocks(issued.ChainPEM), PrivateKey: key, Leaf: issued.Certificate}, nil
+}
+
+// pemBlocks returns the DER of each PEM block, in order.
+func pemBlocks(data []byte) [][]byte {
+	var out [][]byte
+	for {
+		var b *pem.Block
+		if b, data = pem.Decode(data); b == nil {
+			return out
+		}
+		out = append(out, b.Bytes)
+	}
 }
 
 // register registers the device with DPS over mutual TLS and records the assignment.
-func (w *Worker) register(ctx context.Context, op *store.Operation) error {
-	cert, err := w.dpsCredential(ctx, op)
-	if err != nil {
-		return err
+// cred is the credential issue just made, or nil to build it from the operation.
+func (w *Worker) register(ctx context.Context, op *store.Operation, cred *tls.Certificate) error {
+	if cred == nil {
+		c, err := w.dpsCredential(ctx, op)
+		if err != nil {
+			return err
+		}
+		cred = &c
 	}
+	cert := *cred
 	dctx, cancel := context.WithTimeout(ctx, w.DPSTimeout)
 	defer cancel()
 	res, err := w.DPS.RegisterAndWait(dctx, op.DeviceID, cert)

@@ -1,7 +1,9 @@
 package provision
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -15,6 +17,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -119,6 +122,7 @@ type fakeDPS struct {
 	mu       sync.Mutex
 	register func(regID string, cert tls.Certificate) (*dps.Operation, error)
 	calls    []*x509.Certificate
+	creds    []tls.Certificate // as presented
 }
 
 func (d *fakeDPS) RegisterAndWait(_ context.Context, regID string, cert tls.Certificate) (*dps.Operation, error) {
@@ -128,6 +132,7 @@ func (d *fakeDPS) RegisterAndWait(_ context.Context, regID string, cert tls.Cert
 	}
 	d.mu.Lock()
 	d.calls = append(d.calls, leaf)
+	d.creds = append(d.creds, cert)
 	register := d.register
 	d.mu.Unlock()
 	return register(regID, cert)
@@ -224,7 +229,16 @@ func TestProvision(t *testing.T) {
 				}
 				leaf, _ := x509.ParseCertificate(cert.Certificate[0])
 				if leaf.Subject.CommonName != "dev-a1" || len(f.dps.calls) != 1 || f.dps.calls[0].SerialNumber.Cmp(leaf.SerialNumber) != 0 {
-					t.Errorf("DPS was not called with the device's own certificate")
+					t.Fatalf("DPS was not called with the device's own certificate")
+				}
+				// The credential issue hands to register (not rebuilt from storage) is
+				// exactly the stored chain, with the key that matches it.
+				presented := f.dps.creds[0]
+				if !slices.EqualFunc(presented.Certificate, cert.Certificate, bytes.Equal) {
+					t.Errorf("DPS got a chain of %d certificates that is not the stored one (%d)", len(presented.Certificate), len(cert.Certificate))
+				}
+				if signer, ok := presented.PrivateKey.(crypto.Signer); !ok || !leaf.PublicKey.(*ecdsa.PublicKey).Equal(signer.Public()) {
+					t.Error("DPS got a key that does not match the certificate")
 				}
 				if _, err := f.sealer.Open(context.Background(), op.SealedKey, op.ID, "other-device"); err == nil {
 					t.Error("sealed key opens for another device")
