@@ -143,13 +143,11 @@ func (s *Store) GetCurrent(ctx context.Context, deviceID string) (*Current, erro
 	if err != nil {
 		return nil, mapErr("get current", err)
 	}
-	var e aztables.EDMEntity
-	if err := json.Unmarshal(resp.Value, &e); err != nil {
+	c, err := unmarshalLink(resp.Value)
+	if err != nil {
 		return nil, fmt.Errorf("store: decode link of %q: %w", deviceID, err)
 	}
-	c := &Current{DeviceID: e.PartitionKey, ETag: string(resp.ETag)}
-	c.OperationID, _ = e.Properties["OperationID"].(string)
-	c.CreatedAt = timeProp(e.Properties, "CreatedAt")
+	c.ETag = string(resp.ETag)
 	return c, nil
 }
 
@@ -176,15 +174,9 @@ func (s *Store) CreateOperation(ctx context.Context, op *Operation, prev *Curren
 	if err != nil {
 		return err
 	}
-	linkJSON, err := json.Marshal(aztables.EDMEntity{
-		Entity: aztables.Entity{PartitionKey: op.DeviceID, RowKey: currentRowKey},
-		Properties: map[string]any{
-			"OperationID": op.ID,
-			"CreatedAt":   aztables.EDMDateTime(norm(op.CreatedAt)),
-		},
-	})
+	linkJSON, err := marshalLink(op.DeviceID, op.ID, op.CreatedAt)
 	if err != nil {
-		return fmt.Errorf("store: encode link: %w", err)
+		return err
 	}
 	link := aztables.TransactionAction{ActionType: aztables.TransactionTypeAdd, Entity: linkJSON}
 	if prev != nil {
@@ -470,134 +462,19 @@ const (
 )
 
 // checkKey refuses what Tables forbids in PartitionKey/RowKey: / \ # ? and control
-// characters, and over-long keys.
+// characters, and over-long keys; and single quotes.
 func checkKey(k string) error {
 	if k == "" || len(k) > maxKey || !utf8.ValidString(k) {
 		return errors.New("store: invalid key")
 	}
 	for _, r := range k {
-		if r == '/' || r == '\\' || r == '#' || r == '?' || r < 0x20 || (r >= 0x7f && r <= 0x9f) {
+		// A quote too: the SDK doubles quotes in keys it puts in URLs, and ours are never
+		// quoted (device IDs follow DPS's rules, operation IDs are UUIDs).
+		if r == '/' || r == '\\' || r == '#' || r == '?' || r == '\'' || r < 0x20 || (r >= 0x7f && r <= 0x9f) {
 			return errors.New("store: invalid key")
 		}
 	}
 	return nil
-}
-
-func marshalOperation(op *Operation) ([]byte, error) {
-	if err := checkKey(op.DeviceID); err != nil {
-		return nil, fmt.Errorf("store: device ID: %w", err)
-	}
-	if err := checkKey(op.ID); err != nil {
-		return nil, fmt.Errorf("store: operation ID: %w", err)
-	}
-	if !op.Status.valid() {
-		return nil, fmt.Errorf("store: invalid status %q", op.Status)
-	}
-	if op.Attempts < 0 || op.Attempts > 1<<30 {
-		return nil, fmt.Errorf("store: attempts out of range")
-	}
-	op.ErrorMessage = truncate(op.ErrorMessage, maxErrorMessage)
-	p := map[string]any{
-		"Status":   string(op.Status),
-		"Attempts": int32(op.Attempts),
-	}
-	if op.KeyErased {
-		p["KeyErased"] = true
-	}
-	for name, v := range map[string]string{
-		"Identity": op.Identity, "KeyAlgorithm": op.KeyAlgorithm, "CertificatePEM": op.CertificatePEM,
-		"Host": op.Host, "AssignedDeviceID": op.AssignedDeviceID, "DPSOperationID": op.DPSOperationID,
-		"ErrorCode": op.ErrorCode, "ErrorMessage": op.ErrorMessage,
-	} {
-		if v == "" {
-			continue
-		}
-		if !utf8.ValidString(v) || utf16Len(v) > maxStringUnits {
-			return nil, fmt.Errorf("store: %s too large or not UTF-8", name)
-		}
-		p[name] = v
-	}
-	for name, v := range map[string][]byte{"CSR": op.CSR, "SealedKey": op.SealedKey} {
-		if v == nil {
-			continue
-		}
-		if len(v) > maxBinary {
-			return nil, fmt.Errorf("store: %s larger than %d bytes", name, maxBinary)
-		}
-		p[name] = aztables.EDMBinary(v)
-	}
-	// Zero times are left out: Tables' DateTime starts in 1601, and absent reads back as zero.
-	for name, v := range map[string]time.Time{
-		"NotBefore": op.NotBefore, "CreatedAt": op.CreatedAt, "UpdatedAt": op.UpdatedAt, "AssignedAt": op.AssignedAt,
-	} {
-		if v.IsZero() {
-			continue
-		}
-		p[name] = aztables.EDMDateTime(norm(v))
-	}
-	b, err := json.Marshal(aztables.EDMEntity{
-		Entity:     aztables.Entity{PartitionKey: op.DeviceID, RowKey: op.ID},
-		Properties: p,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("store: encode operation: %w", err)
-	}
-	return b, nil
-}
-
-func unmarshalOperation(b []byte) (*Operation, error) {
-	var e aztables.EDMEntity
-	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("store: decode operation: %w", err)
-	}
-	p := e.Properties
-	str := func(k string) string { v, _ := p[k].(string); return v }
-	bin := func(k string) []byte {
-		if v, ok := p[k].(aztables.EDMBinary); ok {
-			return []byte(v)
-		}
-		return nil
-	}
-	op := &Operation{
-		ID:               e.RowKey,
-		DeviceID:         e.PartitionKey,
-		Identity:         str("Identity"),
-		Status:           Status(str("Status")),
-		CSR:              bin("CSR"),
-		KeyAlgorithm:     str("KeyAlgorithm"),
-		CertificatePEM:   str("CertificatePEM"),
-		SealedKey:        bin("SealedKey"),
-		Host:             str("Host"),
-		AssignedDeviceID: str("AssignedDeviceID"),
-		DPSOperationID:   str("DPSOperationID"),
-		ErrorCode:        str("ErrorCode"),
-		ErrorMessage:     str("ErrorMessage"),
-		NotBefore:        timeProp(p, "NotBefore"),
-		CreatedAt:        timeProp(p, "CreatedAt"),
-		UpdatedAt:        timeProp(p, "UpdatedAt"),
-		AssignedAt:       timeProp(p, "AssignedAt"),
-		ETag:             e.ETag,
-	}
-	op.KeyErased, _ = p["KeyErased"].(bool)
-	switch v := p["Attempts"].(type) {
-	case int32:
-		op.Attempts = int(v)
-	case aztables.EDMInt64:
-		op.Attempts = int(v)
-	case float64:
-		op.Attempts = int(v)
-	}
-	if !op.Status.valid() {
-		return nil, fmt.Errorf("store: operation %s/%s has invalid status %q", op.DeviceID, op.ID, op.Status)
-	}
-	return op, nil
-}
-
-func timeProp(p map[string]any, k string) time.Time {
-	if v, ok := p[k].(aztables.EDMDateTime); ok {
-		return time.Time(v).UTC()
-	}
-	return time.Time{}
 }
 
 // norm is the form in which times are stored: UTC (the SDK formats with a literal "Z"
