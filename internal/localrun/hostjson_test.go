@@ -90,10 +90,10 @@ func TestRepositoryHostJSON(t *testing.T) {
 	if path != filepath.Join(testenv.ModuleRoot(), "host.json") {
 		t.Errorf("read %s, want the module root's host.json", path)
 	}
-	want := HostSettings{BatchSize: 32, NewBatchThreshold: 224, MaxDequeueCount: 5, VisibilityTimeout: 30 * time.Second,
+	want := HostSettings{BatchSize: 32, NewBatchThreshold: 480, MaxDequeueCount: 5, VisibilityTimeout: 30 * time.Second,
 		MaxPollingInterval: 2 * time.Second, FunctionTimeout: 5 * time.Minute}
 	if h != want {
-		t.Errorf("host.json settings %+v, want %+v (README documents these)", h, want)
+		t.Errorf("host.json settings %+v, want %+v (README and docs/benchmarks.md explain these)", h, want)
 	}
 }
 

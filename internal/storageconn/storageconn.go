@@ -41,13 +41,13 @@ var retry = policy.RetryOptions{
 }
 
 // maxIdleConnsPerHost is how many idle connections to one storage endpoint are kept for
-// reuse. The SDK's default transport keeps 10, but one instance runs up to 256 provision
+// reuse. The SDK's default transport keeps 10, but one instance runs up to 512 provision
 // invocations at once (host.json batchSize + newBatchThreshold) plus the device API's
 // requests, each with a storage call in flight, and Azure Storage speaks HTTP/1.1: one
 // request per connection at a time. With 10 kept, every burst beyond them dialled (and
 // in Azure TLS-handshook) a new connection and closed it afterwards — 5-7 % of the
 // handler's CPU in the bench's profile went to dialling Azurite alone.
-const maxIdleConnsPerHost = 512
+const maxIdleConnsPerHost = 1024
 
 // newHTTPClient is the transport the table and queue clients share: the SDK's defaults
 // (proxy from the environment, TLS 1.2 or later, 90 s idle timeout) with a connection
