@@ -90,7 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.scenarios, "scenarios", "coldstart,floor,throughput,csr,latency,burst",
 		"comma-separated: coldstart, floor, throughput, csr, latency, burst; or load (one load from -n -concurrency -rate -csr)")
 	fs.IntVar(&o.n, "n", 2000, "devices per throughput load (and for -scenarios load); fewer are dominated by the ramp-up")
-	fs.IntVar(&o.concurrency, "concurrency", 400, "devices in flight at most (throughput and load)")
+	fs.IntVar(&o.concurrency, "concurrency", 800, "devices in flight at most (throughput and load): enough to keep the handler's 512 provisionings busy while devices wait out Retry-After")
 	fs.Float64Var(&o.rate, "rate", 50, "offered devices/s for the latency scenario (and for load; 0 = as fast as -concurrency allows)")
 	fs.BoolVar(&o.csr, "csr", false, "load: devices send their own CSR")
 	fs.DurationVar(&o.latencyFor, "latency-for", 10*time.Second, "how long the latency scenario offers -rate")
