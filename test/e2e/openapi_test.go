@@ -166,6 +166,7 @@ const (
 	secSAS       = "sas"
 	secJWT       = "jwt"
 	secBeamIMSI  = "beamImsi+beamSignature+beamTimestamp"
+	secBeamSIMID = "beamSignature+beamSimId+beamTimestamp"
 	secX509      = "x509"
 	secForwarded = "x509Forwarded"
 )
@@ -458,16 +459,27 @@ func (k cliCredentials) run(args ...string) string {
 // beam returns SORACOM Beam signed headers for an IMSI, signed now.
 func (k cliCredentials) beam(imsi string) credential {
 	k.t.Helper()
+	return credential{header: k.beamHeaders("--imsi", imsi, "--imei", "860000012345678"), security: secBeamIMSI}
+}
+
+// beamSIM returns Beam signed headers that carry a SIM ID and no IMSI.
+func (k cliCredentials) beamSIM(simID string) credential {
+	k.t.Helper()
+	return credential{header: k.beamHeaders("--sim-id", simID), security: secBeamSIMID}
+}
+
+func (k cliCredentials) beamHeaders(args ...string) map[string]string {
+	k.t.Helper()
 	h := map[string]string{}
-	for _, line := range strings.Split(k.run("beam", "--psk-file", k.s.Material.SecretFile(devstack.SecretBeamPSK),
-		"--imsi", imsi, "--imei", "860000012345678"), "\n") {
+	out := k.run(append([]string{"beam", "--psk-file", k.s.Material.SecretFile(devstack.SecretBeamPSK)}, args...)...)
+	for _, line := range strings.Split(out, "\n") {
 		name, v, ok := strings.Cut(strings.TrimPrefix(line, "-H "), ":")
 		if !ok {
 			k.t.Fatalf("iotprov beam printed %q", line)
 		}
 		h[name] = v
 	}
-	return credential{header: h, security: secBeamIMSI}
+	return h
 }
 
 // jwt returns a Bearer token for sub from the stack's dev issuer; args override claims.
@@ -727,25 +739,42 @@ func TestOpenAPIContract(t *testing.T) {
 		expect(t, c.do(t, jwt.request("POST", registerPath, "")), 429, "too_many_registrations")
 	})
 
-	// Allow-list mode is a start-time setting, so it needs its own handler: a second
-	// stack, about 3 s.
+	// Allow-list mode, Beam identified by SIM ID and a trusted X-ARR-ClientCert (as behind
+	// App Service) are start-time settings, so they need their own handler: a second
+	// stack, about 3 s. Its listed devices register through the two security alternatives
+	// the first stack cannot accept (beamSimId, x509Forwarded).
 	t.Run("fail/device-not-allowed", func(t *testing.T) {
 		s2 := startStack(t, stackOptions{Settings: map[string]string{
-			"IOTPROV_AUTH_METHODS":       "sas,beam,jwt,x509",
-			"IOTPROV_DEVICE_POLICY":      "allowlist",
-			"IOTPROV_DEVICE_ID_TEMPLATE": "d-{id}",
+			"IOTPROV_AUTH_METHODS":              "sas,beam,jwt,x509",
+			"IOTPROV_DEVICE_POLICY":             "allowlist",
+			"IOTPROV_DEVICE_ID_TEMPLATE":        "d-{id}",
+			"IOTPROV_BEAM_IDENTITY":             "sim-id",
+			"IOTPROV_X509_TRUST_FORWARDED_CERT": "true",
 		}})
 		c2 := newContract(t, s2.BaseURL)
 		sas2 := newSASKit(t, s2)
 		cli2 := cliCredentials{t: t, bin: cli.bin, s: s2}
-		cli2.device("add", "d-listed-1")
-		listed := credential{header: sas2.valid("listed-1"), security: secSAS}
-		if x := c2.do(t, listed.request("POST", registerPath, "")); x.status != http.StatusAccepted {
-			t.Errorf("listed device: %d %s, want 202", x.status, x.raw)
+		const simID = "8981100005819480001"
+		boot2 := cli2.bootstrapCert("factory-2")
+		forwarded := credential{security: secForwarded,
+			header: map[string]string{"X-ARR-ClientCert": base64.StdEncoding.EncodeToString(boot2.Leaf.Raw)}}
+		for _, id := range []string{"d-listed-1", "d-" + simID, "d-factory-2"} {
+			cli2.device("add", id)
+		}
+		for name, cr := range map[string]credential{
+			"sas":                  {header: sas2.valid("listed-1"), security: secSAS},
+			"beam-sim-id":          cli2.beamSIM(simID),
+			"x509-forwarded-trust": forwarded,
+		} {
+			if x := c2.do(t, cr.request("POST", registerPath, "")); x.status != http.StatusAccepted || x.body["status"] != "assigning" {
+				t.Errorf("listed %s device: %d %s, want 202 assigning", name, x.status, x.raw)
+			}
 		}
 		unlisted := credential{header: sas2.valid("unlisted-1"), security: secSAS}
 		expect(t, c2.do(t, unlisted.request("POST", registerPath, "")), 403, "device_not_allowed")
-		expect(t, c2.do(t, cli2.beam("295000000000001").request("POST", registerPath, "")), 403, "device_not_allowed")
+		expect(t, c2.do(t, cli2.beamSIM("8981100005819480002").request("POST", registerPath, "")), 403, "device_not_allowed")
+		// Identified by SIM ID here: Beam headers with an IMSI alone carry no identity.
+		expect(t, c2.do(t, cli2.beam("295000000000001").request("POST", registerPath, "")), 401, "invalid_credential")
 		// Listed but disabled: disabled wins over listed.
 		cli2.device("disable", "d-listed-1")
 		expect(t, c2.do(t, cli2.jwt("listed-1").request("POST", registerPath, "")), 403, "device_disabled")
