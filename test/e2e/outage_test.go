@@ -140,3 +140,60 @@ func TestAzuriteRestartLosesNothing(t *testing.T) {
 	t.Logf("Azurite restart: %d devices, %d assigned, %d lost; storage down %v; all finished in %.1fs",
 		devices, f.assigned(), lost, down.Round(time.Millisecond), time.Since(start).Seconds())
 }
+
+// TestRegisterWhileQueueUnusable: tables work but the provision queue does not (here it
+// is deleted, as a misconfiguration or an outage of the queue service alone would look).
+// register has already written the operation when the enqueue fails, so it marks the
+// operation failed with service_unavailable and answers 503 + Retry-After: the device is
+// never left polling work nobody will do. Once the queue is back, the device's next
+// register starts a new operation at once (no minimum-interval refusal) and is
+// provisioned.
+func TestRegisterWhileQueueUnusable(t *testing.T) {
+	s := startStack(t, stackOptions{Settings: map[string]string{"IOTPROV_REGISTRATION_MIN_INTERVAL": "1h"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f := newFleet(t, s, "queue-outage", 1)
+	d := f.devices[0]
+	tables, queues := storageClients(t, s)
+
+	if _, err := queues.DeleteQueue(ctx, queue.Name, nil); err != nil {
+		t.Fatal(err)
+	}
+	status, hdr, body := f.call(ctx, d, http.MethodPost, "/v1/provisioning/azure/iot/register")
+	e, _ := body["error"].(map[string]any)
+	if status != http.StatusServiceUnavailable || e["code"] != "service_unavailable" || hdr.Get("Retry-After") == "" {
+		t.Fatalf("register with the queue gone: %d %v Retry-After %q; want 503 service_unavailable with Retry-After",
+			status, body, hdr.Get("Retry-After"))
+	}
+	abandoned := rawOperations(t, tables)
+	if len(abandoned) != 1 {
+		t.Fatalf("after the refused register the table holds %d operations, want the one abandoned", len(abandoned))
+	}
+	for id, raw := range abandoned {
+		var op struct{ PartitionKey, Status, ErrorCode string }
+		if err := json.Unmarshal(raw, &op); err != nil {
+			t.Fatal(err)
+		}
+		if op.PartitionKey != d.id || op.Status != "failed" || op.ErrorCode != "service_unavailable" {
+			t.Errorf("operation %s left as %+v, want failed with service_unavailable", id, op)
+		}
+	}
+
+	if _, err := queues.CreateQueue(ctx, queue.Name, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.registerAll(ctx, t, 1)
+	f.awaitAll(ctx, t, 1)
+	if d.result == nil || d.result["status"] != "assigned" {
+		t.Fatalf("the device was not provisioned after the queue came back: %v", d.result)
+	}
+	if _, ok := abandoned[d.opID]; ok {
+		t.Errorf("the device got the abandoned operation %s again", d.opID)
+	}
+	if err := checkCredential(s, d); err != nil {
+		t.Error(err)
+	}
+	if n := len(rawOperations(t, tables)); n != 2 {
+		t.Errorf("%d operations for the device, want the abandoned one and the assigned one", n)
+	}
+}
