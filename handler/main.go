@@ -37,6 +37,9 @@ func run() int {
 		return 2
 	}
 	log := newLogger(cfg.LogLevel)
+	// Packages that log without being handed a logger (the secret cache's stale-value
+	// warning) use the default one: make it this one, JSON at the configured level.
+	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

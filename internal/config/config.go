@@ -121,7 +121,7 @@ var Settings = []Setting{
 	// would re-queue (and charge an attempt to) operations that are being worked on.
 	{StallAfter, "10m", "An operation in flight that has not moved for this long is re-queued by the purge timer (an attempt each time); at least 3m, above the 2 min given to DPS."},
 	{ListenAddr, "127.0.0.1:7071", "Local runner only: the address of the device API."},
-	{LogLevel, "info", "debug, info, warn or error."},
+	{LogLevel, "info", "debug, info, warn or error; debug adds a line per DPS registration, secret fetch and (local runner) provision invocation."},
 }
 
 // Config is the validated configuration.

@@ -193,7 +193,9 @@ func (r *Runner) deliver(ctx context.Context, current func() queue.Received, m q
 		ictx, cancel = context.WithTimeout(ctx, r.Lease)
 		defer cancel()
 	}
+	start := time.Now()
 	status := r.invoke(ictx, "/provision", body)
+	took := time.Since(start)
 	for _, f := range beforeSettle {
 		f()
 	}
@@ -203,6 +205,7 @@ func (r *Runner) deliver(ctx context.Context, current func() queue.Received, m q
 	defer cancel()
 	settle := current()
 	log := r.logger().With("messageId", m.ID, "dequeueCount", m.DequeueCount)
+	log.Debug("localrun: provision invoked", "status", status, "took", took)
 	var err error
 	switch {
 	case status >= 200 && status < 300:

@@ -255,10 +255,14 @@ func (w *Worker) register(ctx context.Context, op *store.Operation, cred *tls.Ce
 	cert := *cred
 	dctx, cancel := context.WithTimeout(ctx, w.DPSTimeout)
 	defer cancel()
+	start := time.Now()
 	res, err := w.DPS.RegisterAndWait(dctx, op.DeviceID, cert)
+	log := w.logger().With("operationId", op.ID, "deviceId", op.DeviceID, "took", time.Since(start))
 	if err != nil {
+		log.Debug("provision: DPS registration did not complete", "err", err)
 		return w.classifyDPSError(op, err)
 	}
+	log.Debug("provision: DPS registration done", "dpsOperationId", res.OperationID, "dpsStatus", res.Status)
 	if res.State == nil || res.State.AssignedHub == "" || res.State.DeviceID == "" {
 		return &permanentError{Code: CodeDPSRegistrationFailed, Message: "DPS assigned the device without a hub or device ID."}
 	}

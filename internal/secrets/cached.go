@@ -148,6 +148,10 @@ func (c *Cached) run(ctx context.Context, name string, e *entry, f *fetch) {
 		}
 	}()
 	c.fetches.Add(1)
+	start := time.Now()
 	v, err = c.src.Secret(ctx, name)
 	v = bytes.Clone(v)
+	// Never the value: the name, how long the source took, and whether it failed.
+	slog.Default().DebugContext(ctx, "secret fetched from the source", "secret", name,
+		"took", time.Since(start), "ok", err == nil)
 }

@@ -183,6 +183,13 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 			if countLines(logs, `"operationId"`) == 0 {
 				t.Fatalf("the handler logged no operation line: is the log captured?\n%s", logs)
 			}
+			// Debug lines (DPS registration, secret fetches, invocations) must be there
+			// too, or this proves nothing about what debug level writes.
+			for _, msg := range []string{"provision: DPS registration done", "secret fetched from the source", "localrun: provision invoked"} {
+				if countLines(logs, `"level":"DEBUG"`, `"msg":"`+msg+`"`) == 0 {
+					t.Fatalf("no debug line %q at IOTPROV_LOG_LEVEL=debug\n%s", msg, logs)
+				}
+			}
 			// The refusals must have left their lines, or their clean logs prove nothing.
 			if n := countLines(logs, "request refused", `"status":401`); n < tc.refusals {
 				t.Fatalf("the handler logged %d refused requests, want %d: is the log captured?\n%s", n, tc.refusals, logs)
