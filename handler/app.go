@@ -144,6 +144,7 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 		Keys:        sealer,
 		RootCAPEM:   rootCAs,
 		MinInterval: cfg.RegistrationInterval,
+		RetryAfter:  cfg.PollInterval,
 		Policy:      admitter,
 		NewID:       func() string { return uuid.NewString() },
 		Log:         log,

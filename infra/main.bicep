@@ -126,6 +126,8 @@ param maxDequeueCount string = '5'
 param maxAttempts string = '100'
 @description('An operation in flight that has not moved for this long is re-queued by the purge timer; at least 3m.')
 param stallAfter string = '10m'
+@description('Retry-After told to devices while their operation is in flight (1s to 60s).')
+param pollInterval string = '2s'
 param secretCacheTtl string = '5m'
 param caSecretName string = 'iotprov-ca'
 param dataKeySecretName string = 'iotprov-data-key'
@@ -282,6 +284,7 @@ module functionApp 'modules/functionapp.bicep' = {
     maxDequeueCount: maxDequeueCount
     maxAttempts: maxAttempts
     stallAfter: stallAfter
+    pollInterval: pollInterval
     secretCacheTtl: secretCacheTtl
     caSecretName: caSecretName
     dataKeySecretName: dataKeySecretName

@@ -68,6 +68,7 @@ param registrationMinInterval string
 param maxDequeueCount string
 param maxAttempts string
 param stallAfter string
+param pollInterval string
 param secretCacheTtl string
 param caSecretName string
 param dataKeySecretName string
@@ -145,6 +146,7 @@ var appSettings = {
   IOTPROV_MAX_DEQUEUE_COUNT: maxDequeueCount
   IOTPROV_MAX_ATTEMPTS: maxAttempts
   IOTPROV_STALL_AFTER: stallAfter
+  IOTPROV_POLL_INTERVAL: pollInterval
   IOTPROV_LOG_LEVEL: logLevel
   // app-settings:end
 }

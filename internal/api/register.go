@@ -200,7 +200,8 @@ func (s *Server) abandon(ctx context.Context, log *slog.Logger, created *store.O
 	}
 }
 
-// retryAfterDefault is used when the server is built without a RetryAfter. It covers
+// retryAfterDefault is used when the server is built without a RetryAfter (the handler
+// sets it from IOTPROV_POLL_INTERVAL, whose default is the same). It covers
 // the usual time to assignment (queue pickup, DPS's register and its first status poll
 // about 1 s later: service latency p50 ≈ 1.2 s under a 100 devices/s load), so a
 // device's first poll mostly finds its credentials; every extra poll is a storage read

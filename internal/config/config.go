@@ -51,6 +51,7 @@ const (
 	MaxDequeueCount      = "IOTPROV_MAX_DEQUEUE_COUNT"
 	MaxAttempts          = "IOTPROV_MAX_ATTEMPTS"
 	StallAfter           = "IOTPROV_STALL_AFTER"
+	PollInterval         = "IOTPROV_POLL_INTERVAL"
 	ListenAddr           = "IOTPROV_LISTEN_ADDR"
 	SASKeyGroups         = "IOTPROV_SAS_KEY_GROUPS"
 	BeamPSKSecret        = "IOTPROV_BEAM_PSK_SECRET"
@@ -120,6 +121,7 @@ var Settings = []Setting{
 	// StallAfter's floor: below the worker's DPS timeout (2 min) plus a deferral, a sweep
 	// would re-queue (and charge an attempt to) operations that are being worked on.
 	{StallAfter, "10m", "An operation in flight that has not moved for this long is re-queued by the purge timer (an attempt each time); at least 3m, above the 2 min given to DPS."},
+	{PollInterval, "2s", "Retry-After told to a device while its operation is in flight (whole seconds, 1s to 60s): about the usual time to assignment, so most devices find their credentials at the first poll."},
 	{ListenAddr, "127.0.0.1:7071", "Local runner only: the address of the device API."},
 	{LogLevel, "info", "debug, info, warn or error; debug adds a line per DPS registration, secret fetch and (local runner) provision invocation."},
 }
@@ -179,6 +181,7 @@ type Config struct {
 	MaxDequeueCount      int
 	MaxAttempts          int
 	StallAfter           time.Duration
+	PollInterval         time.Duration
 	LogLevel             string
 }
 
@@ -242,6 +245,7 @@ func Load(getenv func(string) string) (*Config, error) {
 		MaxDequeueCount:      l.integer(MaxDequeueCount, 1, 100),
 		MaxAttempts:          l.integer(MaxAttempts, 1, 100000),
 		StallAfter:           l.duration(StallAfter, 3*time.Minute, 7*24*time.Hour),
+		PollInterval:         l.duration(PollInterval, time.Second, time.Minute),
 		LogLevel:             l.oneOf(LogLevel, "debug", "info", "warn", "error"),
 	}
 	c.Functions = c.CustomHandlerPort != ""

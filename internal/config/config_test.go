@@ -27,7 +27,7 @@ func TestLoadDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Functions || c.ListenAddr != "127.0.0.1:7071" || c.SecretSource != "keyvault" || c.KeyAlgorithm != "ecdsa-p256" ||
-		c.MaxDequeueCount != 5 || c.StallAfter != 10*time.Minute || len(c.AuthMethods) != 1 || c.AuthMethods[0] != "sas" || c.CertValidity.Hours() != 8760 {
+		c.MaxDequeueCount != 5 || c.StallAfter != 10*time.Minute || c.PollInterval != 2*time.Second || len(c.AuthMethods) != 1 || c.AuthMethods[0] != "sas" || c.CertValidity.Hours() != 8760 {
 		t.Errorf("defaults: %+v", c)
 	}
 	m := minimal()
@@ -64,6 +64,8 @@ func TestLoadRefusesBadSettings(t *testing.T) {
 		{"fail/policy", DevicePolicy, "strict"},
 		{"fail/stall-after-too-short", StallAfter, "1m"},
 		{"fail/stall-after", StallAfter, "never"},
+		{"fail/poll-interval-under-a-second", PollInterval, "500ms"},
+		{"fail/poll-interval-over-a-minute", PollInterval, "2m"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -268,13 +268,17 @@ func (d *device) await(opID string) map[string]any {
 // TestDeviceAPI covers the API's contract on the running stack: idempotent register,
 // poll binding, re-provisioning interval, and the error answers.
 func TestDeviceAPI(t *testing.T) {
-	s := stack(t, map[string]string{"IOTPROV_REGISTRATION_MIN_INTERVAL": "1h"})
+	s := stack(t, map[string]string{"IOTPROV_REGISTRATION_MIN_INTERVAL": "1h", "IOTPROV_POLL_INTERVAL": "3s"})
 	alice := newDevice(t, s, "alice-1")
 	bob := newDevice(t, s, "bob-1")
 
 	first := alice.register()
 	if again := alice.register(); again != first {
 		t.Errorf("second register while in flight gave %s, want the same operation %s", again, first)
+	}
+	// What devices are told to wait while in flight is the operator's IOTPROV_POLL_INTERVAL.
+	if res, _ := alice.do(http.MethodPost, "/v1/provisioning/azure/iot/register", "", nil, nil); res.Header.Get("Retry-After") != "3" {
+		t.Errorf("register in flight: Retry-After %q, want 3 (IOTPROV_POLL_INTERVAL=3s)", res.Header.Get("Retry-After"))
 	}
 	// Bob cannot see Alice's operation: the same 404 as an unknown one.
 	res, body := bob.do(http.MethodGet, "/v1/provisioning/azure/iot/registrations/"+first, "", nil, nil)
