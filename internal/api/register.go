@@ -97,8 +97,10 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 	// two. A device that has a link makes that insert fail, and carries on from the link
 	// as read after the conflict (a re-registration costs one transaction more).
 	var (
-		cur     *store.Current
-		curRead = true // cur is what storage holds, as far as we know (nil: no link)
+		cur *store.Current
+		// curRead: cur stands for the link without reading it first — assumed absent on
+		// the first attempt, then as the store read it after a failed create.
+		curRead = true
 	)
 	for attempt := 0; ; attempt++ {
 		if !curRead {
