@@ -82,7 +82,7 @@ clean:
 	rm -rf $(BIN) dist
 
 # The benchmark of issue 6 (docs/benchmarks.md): starts its own stacks on free ports,
-# prints one table and writes .local/bench.json. Takes about 10 minutes; not part of
+# prints one table and writes .local/bench.json. Takes about 3 minutes; not part of
 # `make test`. BENCHFLAGS reach cmd/loadgen (e.g. BENCHFLAGS=-base=http://127.0.0.1:7071
 # to use a stack from `make run`; `$(BIN)/loadgen -h` lists them).
 .PHONY: bench
