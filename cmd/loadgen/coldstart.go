@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/iotprov/iotprov/internal/devstack"
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // coldStartResult is the handler started as the Functions host starts it.
@@ -97,14 +98,14 @@ func coldStartOnce(ctx context.Context, hc *http.Client, bin string, env []strin
 			took = time.Since(start)
 			break
 		}
-		if !sleepCtx(ctx, time.Millisecond) {
+		if pause.For(ctx, time.Millisecond) != nil {
 			return 0, nil, ctx.Err()
 		}
 	}
 	if !measureIdle {
 		return took, nil, nil
 	}
-	sleepCtx(ctx, time.Second)
+	_ = pause.For(ctx, time.Second)
 	st, err := devstack.ReadProc(cmd.Process.Pid)
 	if err != nil {
 		return took, nil, nil

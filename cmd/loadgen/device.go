@@ -121,17 +121,3 @@ func errCode(ctx context.Context, registered bool, err error) string {
 	}
 	return "transport: " + err.Error()
 }
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iotprov/iotprov/internal/pause"
 	"github.com/iotprov/iotprov/internal/store"
 )
 
@@ -77,7 +78,7 @@ launch:
 	for i := range spec.N {
 		if spec.Rate > 0 {
 			at := start.Add(time.Duration(float64(i) / spec.Rate * float64(time.Second)))
-			if !sleepCtx(ctx, time.Until(at)) {
+			if pause.For(ctx, time.Until(at)) != nil {
 				break
 			}
 		}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // ProvisionOptions paces Provision and lets a caller watch it.
@@ -87,13 +89,13 @@ func (c *Client) Provision(ctx context.Context, csrPEM []byte, opts ProvisionOpt
 		}
 		wait = pace(ae.RetryAfter, true)
 		progress(Event{Err: err, Wait: wait})
-		if err := sleep(ctx, wait); err != nil {
+		if err := pause.For(ctx, wait); err != nil {
 			return nil, fmt.Errorf("register: %w", err)
 		}
 	}
 
 	for polls := 0; ; {
-		if err := sleep(ctx, wait); err != nil {
+		if err := pause.For(ctx, wait); err != nil {
 			return nil, fmt.Errorf("operation %s still %s: %w", opID, StatusAssigning, err)
 		}
 		res, err := c.Poll(ctx, opID)
@@ -124,18 +126,4 @@ func isAnswer(err error) bool {
 	var ae *APIError
 	var me *MalformedError
 	return errors.As(err, &ae) || errors.As(err, &me)
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

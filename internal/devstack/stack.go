@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // Ports of the local stack. The defaults are what README and local.settings.sample.json
@@ -221,7 +223,7 @@ func (s *Stack) StartHandler(ctx context.Context) error {
 				return nil
 			}
 		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+		if err := pause.For(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
@@ -378,22 +380,11 @@ func (s *Stack) waitTCP(ctx context.Context, name string, port int) error {
 			c.Close()
 			return nil
 		}
-		if err := sleepCtx(ctx, 50*time.Millisecond); err != nil {
+		if err := pause.For(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
 	return fmt.Errorf("%s did not listen on port %d within %s", name, port, startTimeout)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }
 
 // prefixWriter prefixes each line of a process's output with its name.

@@ -22,6 +22,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // DefaultGlobalEndpoint is the DPS global device endpoint.
@@ -165,7 +167,7 @@ func (c *Client) RegisterAndWait(ctx context.Context, registrationID string, cer
 		case StatusFailed, StatusDisabled:
 			return op, finalError(op)
 		}
-		if err := sleep(ctx, wait); err != nil {
+		if err := pause.For(ctx, wait); err != nil {
 			return nil, fmt.Errorf("dps: waiting for registration %s operation %s: %w", registrationID, op.OperationID, err)
 		}
 		next, err := c.status(ctx, hc, registrationID, op.OperationID)
@@ -314,16 +316,4 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, u string, body
 	}
 	op.RetryAfter = retryAfter
 	return op, nil
-}
-
-// sleep waits d or until ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
 }

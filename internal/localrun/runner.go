@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/iotprov/iotprov/internal/funcs"
+	"github.com/iotprov/iotprov/internal/pause"
 	"github.com/iotprov/iotprov/internal/queue"
 )
 
@@ -101,11 +102,11 @@ func (r *Runner) Run(ctx context.Context) error {
 			if ctx.Err() == nil {
 				log.Warn("localrun: queue receive failed", "err", err)
 			}
-			sleep(ctx, r.MaxPollInterval)
+			_ = pause.For(ctx, r.MaxPollInterval)
 			continue
 		}
 		if len(msgs) == 0 {
-			sleep(ctx, idle)
+			_ = pause.For(ctx, idle)
 			idle = min(idle*2, r.MaxPollInterval)
 			continue
 		}
@@ -254,13 +255,4 @@ func (r *Runner) invoke(ctx context.Context, path string, body []byte) int {
 	rec := httptest.NewRecorder()
 	r.Functions.ServeHTTP(rec, req)
 	return rec.Code
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
