@@ -28,6 +28,46 @@ func NewCSR(cn string) (*ecdsa.PrivateKey, []byte, error) {
 	return key, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
 }
 
+// VerifyChain parses a PEM certificate chain (device certificate first) and checks it:
+// only CERTIFICATE blocks, at least one; when deviceID is not empty the device
+// certificate's CN is it; when roots is not nil the device certificate verifies to them,
+// through the rest of the chain, for client authentication. It returns the chain.
+func VerifyChain(chainPEM, deviceID string, roots *x509.CertPool) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for rest := []byte(chainPEM); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("the certificate chain holds a %q block", clean(b.Type, 40))
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, errors.New("the certificate does not parse")
+		}
+		certs = append(certs, cert)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("the answer has no certificate")
+	}
+	leaf := certs[0]
+	if deviceID != "" && leaf.Subject.CommonName != deviceID {
+		return nil, fmt.Errorf("certificate CN %q, want %q", clean(leaf.Subject.CommonName, 80), deviceID)
+	}
+	if roots != nil {
+		inter := x509.NewCertPool()
+		for _, cert := range certs[1:] {
+			inter.AddCert(cert)
+		}
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
+			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			return nil, errors.New("the certificate does not chain to the device root")
+		}
+	}
+	return certs, nil
+}
+
 // VerifyCredentials checks what an assigned device received before it uses any of it:
 //   - the certificate chain parses, and when roots is not nil the device certificate
 //     verifies to them for client authentication (a device that does not know its CA
@@ -50,38 +90,11 @@ func VerifyCredentials(r *Result, deviceID string, roots *x509.CertPool, csrKey 
 	if !x509.NewCertPool().AppendCertsFromPEM([]byte(c.RootCACertificate)) {
 		return errors.New("the answer's rootCaCertificate holds no certificate")
 	}
-	var certs []*x509.Certificate
-	for rest := []byte(c.Certificate); ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			return fmt.Errorf("the certificate chain holds a %q block", clean(b.Type, 40))
-		}
-		cert, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return errors.New("the certificate does not parse")
-		}
-		certs = append(certs, cert)
-	}
-	if len(certs) == 0 {
-		return errors.New("the answer has no certificate")
+	certs, err := VerifyChain(c.Certificate, deviceID, roots)
+	if err != nil {
+		return err
 	}
 	leaf := certs[0]
-	if deviceID != "" && leaf.Subject.CommonName != deviceID {
-		return fmt.Errorf("certificate CN %q, want %q", clean(leaf.Subject.CommonName, 80), deviceID)
-	}
-	if roots != nil {
-		inter := x509.NewCertPool()
-		for _, cert := range certs[1:] {
-			inter.AddCert(cert)
-		}
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-			KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-			return errors.New("the certificate does not chain to the device root")
-		}
-	}
 	key := csrKey
 	if key == nil {
 		if c.PrivateKey == "" {

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/iotprov/iotprov/internal/auth"
+	"github.com/iotprov/iotprov/internal/deviceclient"
 	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/testenv"
 )
@@ -154,37 +154,30 @@ func TestDeviceFlowFromREADME(t *testing.T) {
 
 func verifyDeviceChain(t *testing.T, s *devstack.Stack, chainPEM []byte, deviceID string) {
 	t.Helper()
-	var certs []*x509.Certificate
-	for rest := chainPEM; ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		certs = append(certs, c)
+	roots, err := deviceRoots(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := deviceclient.VerifyChain(string(chainPEM), deviceID, roots)
+	if err != nil {
+		t.Fatalf("device certificate: %v", err)
 	}
 	if len(certs) < 2 {
 		t.Fatalf("certificate chain has %d certificates, want the device certificate and its issuer", len(certs))
 	}
+}
+
+// deviceRoots is the stack's device root CA, which every issued chain must verify to.
+func deviceRoots(s *devstack.Stack) (*x509.CertPool, error) {
 	rootPEM, err := os.ReadFile(s.Material.DeviceRootFile())
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	roots.AppendCertsFromPEM(rootPEM)
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootPEM) {
+		return nil, fmt.Errorf("%s holds no certificate", s.Material.DeviceRootFile())
 	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		t.Errorf("device certificate does not verify: %v", err)
-	}
-	if certs[0].Subject.CommonName != deviceID {
-		t.Errorf("CN = %q, want %q", certs[0].Subject.CommonName, deviceID)
-	}
+	return roots, nil
 }
 
 // device is a test device with a SAS credential from the stack's group key.

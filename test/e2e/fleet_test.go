@@ -6,11 +6,6 @@ package e2e
 
 import (
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/ed25519"
-	"crypto/rsa"
-	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -26,6 +21,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azqueue"
 
 	"github.com/iotprov/iotprov/internal/auth"
+	"github.com/iotprov/iotprov/internal/deviceclient"
 	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/storageconn"
 	"github.com/iotprov/iotprov/internal/store"
@@ -201,61 +197,26 @@ func checkCredential(s *devstack.Stack, d *fleetDevice) error {
 	if r["status"] != "assigned" || r["deviceId"] != d.id || r["host"] != "localhost" {
 		return fmt.Errorf("answer %v", r)
 	}
-	chainPEM, _ := r["certificate"].(string)
-	keyPEM, _ := r["privateKey"].(string)
-	var certs []*x509.Certificate
-	for rest := []byte(chainPEM); ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return err
-		}
-		certs = append(certs, c)
+	str := func(k string) string { v, _ := r[k].(string); return v }
+	roots, err := deviceRoots(s)
+	if err != nil {
+		return err
 	}
-	if len(certs) < 2 {
+	// What a device checks before it uses its credentials: chain to the device root for
+	// clientAuth, CN = device ID, the key matches the certificate.
+	answer := &deviceclient.Result{Status: deviceclient.StatusAssigned, Credentials: &deviceclient.Credentials{
+		DeviceID: str("deviceId"), Host: str("host"), Certificate: str("certificate"),
+		PrivateKey: str("privateKey"), RootCACertificate: str("rootCaCertificate")}}
+	if err := deviceclient.VerifyCredentials(answer, d.id, roots, nil); err != nil {
+		return err
+	}
+	if certs, _ := deviceclient.VerifyChain(str("certificate"), d.id, roots); len(certs) < 2 {
 		return fmt.Errorf("chain of %d certificates", len(certs))
 	}
-	rootPEM, err := os.ReadFile(s.Material.DeviceRootFile())
-	if err != nil {
-		return err
-	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	roots.AppendCertsFromPEM(rootPEM)
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return fmt.Errorf("certificate does not verify: %w", err)
-	}
-	if certs[0].Subject.CommonName != d.id {
-		return fmt.Errorf("CN %q", certs[0].Subject.CommonName)
-	}
-	kb, _ := pem.Decode([]byte(keyPEM))
-	if kb == nil || kb.Type != "PRIVATE KEY" {
+	if kb, _ := pem.Decode([]byte(str("privateKey"))); kb == nil || kb.Type != "PRIVATE KEY" {
 		return fmt.Errorf("privateKey is not PKCS#8 PEM")
 	}
-	key, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
-	if err != nil {
-		return err
-	}
-	signer, ok := key.(crypto.Signer)
-	if !ok || !samePublicKey(signer.Public(), certs[0].PublicKey) {
-		return fmt.Errorf("private key does not match the certificate")
-	}
 	return nil
-}
-
-func samePublicKey(a, b crypto.PublicKey) bool {
-	type equaler interface{ Equal(crypto.PublicKey) bool }
-	switch k := a.(type) {
-	case *ecdsa.PublicKey, *rsa.PublicKey, ed25519.PublicKey:
-		return k.(equaler).Equal(b)
-	}
-	return false
 }
 
 // countLines counts the lines of out that contain every one of parts.
