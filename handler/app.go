@@ -167,6 +167,10 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 		StallAfter:      cfg.StallAfter,
 		Log:             log,
 	}
+	a.api.Requeue = func(ctx context.Context, op *store.Operation, stalledFor time.Duration) error {
+		_, err := a.worker.Requeue(ctx, op, "register", stalledFor)
+		return err
+	}
 	return a, nil
 }
 

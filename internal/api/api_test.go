@@ -16,6 +16,7 @@ import (
 
 	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/keyseal"
 	"github.com/iotprov/iotprov/internal/queue"
 	"github.com/iotprov/iotprov/internal/store"
 )
@@ -132,8 +133,17 @@ func (q *fakeQueue) Enqueue(_ context.Context, m queue.Message, _ time.Duration)
 
 type fakeKeys struct{}
 
+// Open opens "sealed:KEY"; "rotated:…" fails as keyseal does for a blob sealed under
+// another data key, "keyvault-down:…" as a data key that cannot be read now.
 func (fakeKeys) Open(_ context.Context, sealed []byte, _, _ string) ([]byte, error) {
-	return []byte(strings.TrimPrefix(string(sealed), "sealed:")), nil
+	switch s := string(sealed); {
+	case strings.HasPrefix(s, "rotated:"):
+		return nil, keyseal.ErrOpen
+	case strings.HasPrefix(s, "keyvault-down:"):
+		return nil, errors.New("data key: vault unreachable")
+	default:
+		return []byte(strings.TrimPrefix(s, "sealed:")), nil
+	}
 }
 
 func newServer(ops *fakeOps, q *fakeQueue) (*Server, *http.ServeMux) {
@@ -141,6 +151,14 @@ func newServer(ops *fakeOps, q *fakeQueue) (*Server, *http.ServeMux) {
 	s := &Server{Auth: fakeAuth{}, DeviceIDs: plainIDs{}, Ops: ops, Queue: q, Keys: fakeKeys{},
 		RootCAPEM: "ROOTS", MinInterval: time.Minute, RetryAfter: time.Second,
 		NewID: func() string { n++; return "0000000" + strconv.Itoa(n) }, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	// What provision.Worker.Requeue does, on the fakes: record the attempt, then send.
+	s.Requeue = func(ctx context.Context, op *store.Operation, _ time.Duration) error {
+		op.Attempts++
+		if err := ops.UpdateOperation(ctx, op); err != nil {
+			return err
+		}
+		return q.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: op.DeviceID}, 0)
+	}
 	mux := http.NewServeMux()
 	s.Routes(mux)
 	mux.HandleFunc("/", s.NotFound)
@@ -219,6 +237,18 @@ func TestRegisterAndPoll(t *testing.T) {
 	_ = ops.UpdateOperation(context.Background(), op)
 	if rec, body = call(t, mux, "GET", RegistrationsPath+id, "Test sas:dev1", "", ""); rec.Code != 410 || errCode(body) != CodeCredentialsExpired {
 		t.Fatalf("erased: %d %v", rec.Code, body)
+	}
+	// Sealed under a data key that is no longer current: no retry opens it, so 410 too.
+	op.SealedKey = []byte("rotated:KEY")
+	_ = ops.UpdateOperation(context.Background(), op)
+	if rec, body = call(t, mux, "GET", RegistrationsPath+id, "Test sas:dev1", "", ""); rec.Code != 410 || errCode(body) != CodeCredentialsExpired {
+		t.Fatalf("unopenable key: %d %v", rec.Code, body)
+	}
+	// The data key cannot be read just now: 503, worth a retry.
+	op.SealedKey = []byte("keyvault-down:KEY")
+	_ = ops.UpdateOperation(context.Background(), op)
+	if rec, body = call(t, mux, "GET", RegistrationsPath+id, "Test sas:dev1", "", ""); rec.Code != 503 || errCode(body) != errcode.CodeUnavailable {
+		t.Fatalf("data key unavailable: %d %v", rec.Code, body)
 	}
 	// Failed operation.
 	op.Status, op.ErrorCode, op.ErrorMessage = store.StatusFailed, "dps_registration_failed", "refused"
@@ -347,6 +377,13 @@ func TestRegisterRequeuesStuckOperation(t *testing.T) {
 	_, again := call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", "")
 	if again["operationId"] != id || len(q.sent) != 2 || q.sent[1].OperationID != id {
 		t.Fatalf("stuck operation not re-queued: %v, %+v", again, q.sent)
+	}
+	// The re-queue was an attempt: the operation has a message on its way now, and a
+	// register a minute later does not send a third one.
+	now = now.Add(2 * stuckAfter)
+	call(t, mux, "POST", RegisterPath, "Test sas:dev1", "", "")
+	if len(q.sent) != 2 {
+		t.Fatalf("an operation already re-queued (attempted) was sent again: %d messages", len(q.sent))
 	}
 }
 

@@ -166,22 +166,23 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 	}
 }
 
-// stuckAfter is how long an operation may stay queued before register assumes its queue
-// message was lost (the handler died between the table write and the enqueue) and sends
-// it again. A duplicate message is harmless: the worker's writes are ETag-conditional.
+// stuckAfter is how long an operation may stay queued, never attempted, before register
+// assumes its first queue message was lost (the handler died between the table write and
+// the enqueue) and sends it again, sooner than the purge timer's sweep would.
 const stuckAfter = time.Minute
 
-// requeueIfStuck re-sends the queue message of an operation that has not moved for
-// stuckAfter, so a device that registers again is never handed work nobody will do.
+// requeueIfStuck re-sends the queue message of an operation that never moved, so a
+// device that registers again is not handed work nobody will do. Only one never
+// attempted: a deferred operation (Attempts > 0) has a message waiting out its delay,
+// and a second one would only double the work and DPS's quota. The worker records the
+// attempt before sending (ETag-conditional), so concurrent registers send one message.
 func (s *Server) requeueIfStuck(ctx context.Context, log *slog.Logger, op *store.Operation) {
-	if op.Status != store.StatusQueued || s.now().Sub(op.UpdatedAt) < stuckAfter {
+	if s.Requeue == nil || op.Status != store.StatusQueued || op.Attempts > 0 || s.now().Sub(op.UpdatedAt) < stuckAfter {
 		return
 	}
-	if err := s.Queue.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: op.DeviceID}, 0); err != nil {
+	if err := s.Requeue(ctx, op, s.now().Sub(op.UpdatedAt)); err != nil {
 		log.Warn("register: could not re-queue a stuck operation", "operationId", op.ID, "err", err)
-		return
 	}
-	log.Warn("register: re-queued an operation that had not moved", "operationId", op.ID, "since", op.UpdatedAt)
 }
 
 // abandon marks an operation that could not be enqueued as failed, so the device's next

@@ -5,6 +5,7 @@ import (
 	"net/http"
 
 	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/keyseal"
 	"github.com/iotprov/iotprov/internal/store"
 )
 
@@ -87,6 +88,13 @@ func (s *Server) renderAssigned(w http.ResponseWriter, r *http.Request, op *stor
 			return
 		}
 		key, err := s.Keys.Open(r.Context(), op.SealedKey, op.ID, op.DeviceID)
+		if errors.Is(err, keyseal.ErrOpen) {
+			// Sealed under a data key that is no longer current (rotated), or damaged:
+			// no retry will open it, so say so instead of 503 until purge erases it.
+			s.renderError(w, r, errcode.Wrap(err, http.StatusGone, CodeCredentialsExpired,
+				"The private key of this operation can no longer be decrypted (the data key changed); register again."))
+			return
+		}
 		if err != nil {
 			s.renderError(w, r, unavailable(err))
 			return
@@ -96,7 +104,8 @@ func (s *Server) renderAssigned(w http.ResponseWriter, r *http.Request, op *stor
 	renderJSON(w, http.StatusOK, res)
 }
 
-// CodeCredentialsExpired: the operation's server-generated key was purged.
+// CodeCredentialsExpired: the operation's server-generated key was purged, or can no
+// longer be decrypted.
 const CodeCredentialsExpired = "credentials_expired"
 
 // validOperationID accepts the IDs register makes (UUIDs) and anything of the same

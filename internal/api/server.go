@@ -60,10 +60,14 @@ type KeyOpener interface {
 
 // Server serves the device API.
 type Server struct {
-	Auth        Authenticator
-	DeviceIDs   DeviceIDs
-	Ops         Operations
-	Queue       Enqueuer
+	Auth      Authenticator
+	DeviceIDs DeviceIDs
+	Ops       Operations
+	Queue     Enqueuer
+	// Requeue sends an in-flight operation's queue message again, recording an attempt
+	// first (the handler wires provision.Worker.Requeue, which the stalled-operation sweep
+	// uses too); nil: a lost first message waits for that sweep.
+	Requeue     func(ctx context.Context, op *store.Operation, stalledFor time.Duration) error
 	Policy      Admitter // nil: no device policy
 	Keys        KeyOpener
 	RootCAPEM   string        // rootCaCertificate handed to devices

@@ -80,7 +80,8 @@ type Request struct {
 // Issued is a signed device certificate and the chain to send the device.
 type Issued struct {
 	Certificate *x509.Certificate
-	ChainPEM    []byte // device certificate, then the authority's certificate and its Intermediates (never the self-signed root), PEM
+	ChainPEM    []byte   // device certificate, then the authority's certificate and its Intermediates (never the self-signed root), PEM
+	Chain       [][]byte // the same chain, DER: what a tls.Certificate presents
 }
 
 // Issue signs a device certificate with a's key. The profile: random positive 128-bit
@@ -117,7 +118,11 @@ func (p *Profile) Issue(a *Authority, req Request, now time.Time) (*Issued, erro
 	if err != nil {
 		return nil, err
 	}
-	return &Issued{Certificate: cert, ChainPEM: encodeChain(cert, a)}, nil
+	chain := [][]byte{cert.Raw}
+	for _, c := range a.chainAbove() {
+		chain = append(chain, c.Raw)
+	}
+	return &Issued{Certificate: cert, ChainPEM: encodeChain(cert, a), Chain: chain}, nil
 }
 
 // checkDeviceID applies what a certificate CN can hold. The full DPS registration ID

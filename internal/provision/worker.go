@@ -10,7 +10,6 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/iotprov/iotprov/internal/ca"
 	"github.com/iotprov/iotprov/internal/dps"
+	"github.com/iotprov/iotprov/internal/keyseal"
 	"github.com/iotprov/iotprov/internal/queue"
 	"github.com/iotprov/iotprov/internal/store"
 )
@@ -227,19 +227,8 @@ func (w *Worker) issue(ctx context.Context, op *store.Operation) (*tls.Certifica
 	if key == nil {
 		return nil, nil
 	}
-	return &tls.Certificate{Certificate: pemBlocks(issued.ChainPEM), PrivateKey: key, Leaf: issued.Certificate}, nil
-}
-
-// pemBlocks returns the DER of each PEM block, in order.
-func pemBlocks(data []byte) [][]byte {
-	var out [][]byte
-	for {
-		var b *pem.Block
-		if b, data = pem.Decode(data); b == nil {
-			return out
-		}
-		out = append(out, b.Bytes)
-	}
+	c := credential(issued, key)
+	return &c, nil
 }
 
 // register registers the device with DPS over mutual TLS and records the assignment.
@@ -303,6 +292,12 @@ func (w *Worker) classifyDPSError(op *store.Operation, err error) error {
 func (w *Worker) dpsCredential(ctx context.Context, op *store.Operation) (tls.Certificate, error) {
 	if op.CSR == nil {
 		keyPEM, err := w.Keys.Open(ctx, op.SealedKey, op.ID, op.DeviceID)
+		if errors.Is(err, keyseal.ErrOpen) {
+			// Sealed under a data key that is no longer current, or damaged: waiting
+			// will not open it. Fail now; the device registers again for a new key.
+			return tls.Certificate{}, &permanentError{Code: "issuance_failed",
+				Message: "The stored private key can no longer be decrypted (the data key changed); register again.", Cause: err}
+		}
 		if err != nil {
 			return tls.Certificate{}, &transientError{Delay: 30 * time.Second, Code: "data_key_unavailable",
 				Message: "The data key is not available.", Cause: err}
@@ -326,11 +321,12 @@ func (w *Worker) dpsCredential(ctx context.Context, op *store.Operation) (tls.Ce
 	if err != nil {
 		return tls.Certificate{}, &permanentError{Code: "issuance_failed", Message: "The registration certificate could not be issued.", Cause: err}
 	}
-	keyPEM, err := ca.MarshalPrivateKeyPEM(key)
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	return tls.X509KeyPair(issued.ChainPEM, keyPEM)
+	return credential(issued, key), nil
+}
+
+// credential is the TLS client credential for a certificate just issued for key.
+func credential(issued *ca.Issued, key crypto.Signer) tls.Certificate {
+	return tls.Certificate{Certificate: issued.Chain, PrivateKey: key, Leaf: issued.Certificate}
 }
 
 // deferOperation records the attempt and puts the operation back on the queue after the
@@ -414,42 +410,66 @@ func (w *Worker) Sweep(ctx context.Context) (requeued, failed int, err error) {
 		return 0, 0, fmt.Errorf("sweep: list stalled operations: %w", err)
 	}
 	for _, op := range stalled {
-		log := w.logger().With("operationId", op.ID, "deviceId", op.DeviceID, "status", op.Status, "since", op.UpdatedAt)
-		op.Attempts++
-		exhausted := op.Attempts >= w.MaxAttempts
-		if exhausted {
-			message := fmt.Sprintf("Provisioning stalled: the operation made no progress for %s, %d times. Retries exhausted; register again.",
-				w.StallAfter, op.Attempts)
-			if op.ErrorMessage != "" {
-				message += " Last error: " + op.ErrorMessage
-			}
-			op.Status = store.StatusFailed
-			op.ErrorCode, op.ErrorMessage = CodeRetriesExhausted, message
-			op.AssignedAt = w.now().UTC() // when it ended: the key-retention clock starts here
-		}
-		switch err := w.Ops.UpdateOperation(ctx, op); {
-		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
-			log.Info("sweep: operation moved on since it was listed; left alone")
-			continue
+		switch outcome, err := w.Requeue(ctx, op, "sweep", w.StallAfter); {
 		case err != nil:
-			// Storage is failing: stop here; the next timer run starts over.
-			return requeued, failed, fmt.Errorf("sweep: record attempt: %w", err)
-		}
-		if exhausted {
+			// Storage or the queue is failing: stop here; the next timer run starts over
+			// (an attempt recorded before a failed enqueue moved UpdatedAt, so the
+			// operation comes up again after StallAfter).
+			return requeued, failed, fmt.Errorf("sweep: %w", err)
+		case outcome == Requeued:
+			requeued++
+		case outcome == FailedExhausted:
 			failed++
-			log.Error("sweep: stalled operation failed", "code", CodeRetriesExhausted, "attempts", op.Attempts)
-			continue
 		}
-		if err := w.Queue.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: op.DeviceID}, 0); err != nil {
-			// The attempt is recorded and UpdatedAt moved, so the next sweep after
-			// StallAfter tries again; stop now rather than burn an attempt on every
-			// operation while the queue is down.
-			return requeued, failed, fmt.Errorf("sweep: re-enqueue: %w", err)
-		}
-		requeued++
-		log.Warn("sweep: re-queued a stalled operation", "attempt", op.Attempts)
 	}
 	return requeued, failed, nil
+}
+
+// RequeueOutcome is what Requeue did with an operation.
+type RequeueOutcome int
+
+const (
+	MovedOn         RequeueOutcome = iota // changed since it was read: alive, left alone
+	Requeued                              // attempt recorded, message sent again
+	FailedExhausted                       // attempts ran out: the operation failed
+)
+
+// Requeue sends the queue message of an in-flight operation again, for the sweep and for
+// register when a device comes back to an operation that never moved. It records one
+// more attempt first, ETag-conditional on op as read: of concurrent callers only one
+// goes on, an operation that moved since is left alone, and one that has stalled for
+// good ends failed (provisioning_retries_exhausted) after MaxAttempts. by names the
+// caller in the log; stalledFor is how long the caller saw the operation not move.
+func (w *Worker) Requeue(ctx context.Context, op *store.Operation, by string, stalledFor time.Duration) (RequeueOutcome, error) {
+	log := w.logger().With("operationId", op.ID, "deviceId", op.DeviceID, "status", op.Status, "since", op.UpdatedAt, "by", by)
+	op.Attempts++
+	exhausted := op.Attempts >= w.MaxAttempts
+	if exhausted {
+		message := fmt.Sprintf("Provisioning stalled: the operation made no progress for %s, %d times. Retries exhausted; register again.",
+			stalledFor, op.Attempts)
+		if op.ErrorMessage != "" {
+			message += " Last error: " + op.ErrorMessage
+		}
+		op.Status = store.StatusFailed
+		op.ErrorCode, op.ErrorMessage = CodeRetriesExhausted, message
+		op.AssignedAt = w.now().UTC() // when it ended: the key-retention clock starts here
+	}
+	switch err := w.Ops.UpdateOperation(ctx, op); {
+	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+		log.Info("requeue: operation moved on since it was read; left alone")
+		return MovedOn, nil
+	case err != nil:
+		return MovedOn, fmt.Errorf("record attempt: %w", err)
+	}
+	if exhausted {
+		log.Error("requeue: stalled operation failed", "code", CodeRetriesExhausted, "attempts", op.Attempts)
+		return FailedExhausted, nil
+	}
+	if err := w.Queue.Enqueue(ctx, queue.Message{OperationID: op.ID, DeviceID: op.DeviceID}, 0); err != nil {
+		return MovedOn, fmt.Errorf("re-enqueue: %w", err)
+	}
+	log.Warn("requeue: re-queued an operation that had not moved", "attempt", op.Attempts)
+	return Requeued, nil
 }
 
 func (w *Worker) now() time.Time {

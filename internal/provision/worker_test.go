@@ -278,6 +278,27 @@ func TestProvision(t *testing.T) {
 			},
 		},
 		{
+			name: "fail/key-sealed-under-another-data-key-fails-at-once",
+			op:   queued("a4k"),
+			setup: func(f *fixture) {
+				// First delivery issues, then DPS fails (transient); meanwhile the stored
+				// sealed key is damaged, as a data-key rotation would leave it unopenable.
+				f.dps.register = func(string, tls.Certificate) (*dps.Operation, error) { return nil, errors.New("connection reset") }
+				_ = f.worker.Provision(context.Background(), msgFor(queued("a4k")), 1)
+				op := f.ops.ops["dev-a4k/a4k"]
+				op.SealedKey = append([]byte(nil), op.SealedKey...)
+				op.SealedKey[len(op.SealedKey)-1] ^= 1
+				f.ops.ops["dev-a4k/a4k"] = op
+				f.dps.register = assigned
+			},
+			check: func(t *testing.T, f *fixture, op store.Operation, err error) {
+				// Not retried every 30 s until the attempts run out: no retry opens it.
+				if err != nil || op.Status != store.StatusFailed || op.ErrorCode != "issuance_failed" || len(f.dps.calls) != 1 {
+					t.Fatalf("err %v status %s code %s dps calls %d", err, op.Status, op.ErrorCode, len(f.dps.calls))
+				}
+			},
+		},
+		{
 			name: "ok/resume-from-issued-keeps-certificate",
 			op:   queued("a4"),
 			setup: func(f *fixture) {
