@@ -23,6 +23,7 @@ import (
 	"github.com/iotprov/iotprov/internal/ca/catest"
 	"github.com/iotprov/iotprov/internal/deviceclient"
 	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 // fakeService is a device API that issues from a real CA. Function fields let a test
@@ -49,17 +50,8 @@ type fakeService struct {
 
 func newFakeService(t *testing.T) *fakeService {
 	t.Helper()
-	now := time.Now()
-	root, err := ca.NewRootCA("fake root", 0, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, err := ca.NewIntermediateCA(root, "fake devices", 0, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	profile, _ := ca.NewProfile(ca.ProfileConfig{})
-	return &fakeService{t: t, root: root, inte: inter, profile: profile, polls: 2}
+	h := testenv.NewCAHierarchy(t)
+	return &fakeService{t: t, root: h.Root, inte: h.Issuing, profile: h.Profile, polls: 2}
 }
 
 const fakeOpID = "0e8e5b9c-2d7a-4d6e-9f65-3f0a3c1f2b11"

@@ -3,9 +3,10 @@
 // device against the provisioning service (register, poll, write the files a device
 // connects to IoT Hub with).
 //
-// Every command lives in its own file and is one row of the command table below; every
-// command answers --help. Other files may contribute whole top-level commands through
-// extraCommands.
+// Every command is one row of the command table below, a path of one word ("beam") or
+// two ("ca init"), implemented in the file of its group; every command answers --help,
+// prints its results on standard output and its usage, progress and errors on standard
+// error.
 package main
 
 import (
@@ -16,7 +17,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"strings"
 	"time"
 )
@@ -46,8 +46,8 @@ type env struct {
 	newVault vaultFactory
 }
 
-// command is one row of the table: a path of words ("ca init"), a one-line summary for
-// the usage, and the function that parses its own flags.
+// command is one row of the table: a path of one or two words ("beam", "ca init"), a
+// one-line summary for the usage, and the function that parses its own flags.
 type command struct {
 	path    string
 	summary string
@@ -62,25 +62,29 @@ var commands = []command{
 	{"device register", "act as a device: register, poll, write the certificate files", deviceRegister},
 	{"sas device-key", "print a device's SAS key derived from the group key", sasDeviceKey},
 	{"sas token", "print a SAS Authorization header value", sasToken},
+	{"beam", "print SORACOM Beam signed headers as curl -H arguments", beam},
+	{"jwt", "print a signed JWT Authorization header value", jwt},
+	{"bootstrap-cert", "issue a bootstrap (factory) client certificate", bootstrapCert},
+	{"devices add", "list a device in the device policy (allow-list, own interval)", devicesAdd},
+	{"devices list", "print the device policy", devicesList},
+	{"devices disable", "refuse a device's registrations (403 device_disabled)", devicesDisable},
+	{"devices enable", "undo devices disable", devicesEnable},
 }
 
-// extraCommands are top-level commands contributed by other files of this package
-// (they register themselves in init), dispatched by name.
-var extraCommands = map[string]func(args []string, out io.Writer) error{}
-
-// run dispatches args to a command of the table or of extraCommands.
+// run dispatches args to a command of the table: a two-word path first, then a one-word
+// one (a word is never both a command and a group; TestCommandTable checks that).
 func run(e *env, args []string) error {
 	if len(args) == 0 || isHelp(args[0]) || args[0] == "help" {
 		printUsage(e.out, "")
 		return nil
 	}
-	if cmd, ok := extraCommands[args[0]]; ok {
-		return cmd(args[1:], e.out)
-	}
 	if len(args) >= 2 {
 		if c := lookup(args[0] + " " + args[1]); c != nil {
 			return c.run(e, args[2:])
 		}
+	}
+	if c := lookup(args[0]); c != nil {
+		return c.run(e, args[1:])
 	}
 	if hasGroup(args[0]) {
 		printUsage(e.out, args[0])
@@ -122,17 +126,6 @@ func printUsage(w io.Writer, group string) {
 		if group == "" || strings.HasPrefix(c.path, group+" ") {
 			fmt.Fprintf(w, "  %-22s %s\n", c.path, c.summary)
 		}
-	}
-	if group != "" {
-		return
-	}
-	extra := make([]string, 0, len(extraCommands))
-	for name := range extraCommands {
-		extra = append(extra, name)
-	}
-	sort.Strings(extra)
-	for _, name := range extra {
-		fmt.Fprintf(w, "  %-22s (run 'iotprov %s --help')\n", name, name)
 	}
 }
 

@@ -9,11 +9,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/iotprov/iotprov/internal/testenv"
 )
 
 // testEnv runs commands in process with captured output and a fixed clock.
@@ -35,17 +34,51 @@ func TestEveryCommandHasHelp(t *testing.T) {
 				t.Fatalf("--help: stdout %q, stderr:\n%s", out, errOut)
 			}
 		})
+		// A flag error prints the usage on standard error only: what a script captures
+		// (curl $(iotprov beam …)) must never be a usage text.
+		t.Run("fail/"+strings.ReplaceAll(c.path, " ", "-")+"-bad-flag", func(t *testing.T) {
+			e, out, errOut := testEnv(t)
+			err := run(e, append(strings.Fields(c.path), "--no-such-flag"))
+			if err == nil || errors.Is(err, flag.ErrHelp) {
+				t.Fatalf("bad flag: err = %v", err)
+			}
+			if !strings.Contains(errOut.String(), "Usage: iotprov "+c.path+" ") || out.Len() != 0 {
+				t.Fatalf("bad flag: stdout %q, stderr:\n%s", out, errOut)
+			}
+		})
+	}
+}
+
+// TestCommandTable checks what run relies on to dispatch: paths are unique, of one or
+// two words, and no word is both a command and a group (else "beam x" would be
+// ambiguous).
+func TestCommandTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, c := range commands {
+		words := strings.Fields(c.path)
+		if len(words) < 1 || len(words) > 2 || strings.Join(words, " ") != c.path || c.summary == "" || c.run == nil {
+			t.Errorf("malformed row %q", c.path)
+		}
+		if seen[c.path] {
+			t.Errorf("%q is in the table twice", c.path)
+		}
+		seen[c.path] = true
+		if len(words) == 1 && hasGroup(c.path) {
+			t.Errorf("%q is both a command and a group", c.path)
+		}
 	}
 }
 
 func TestDispatch(t *testing.T) {
+	// A one-word row of the table, to see which arguments dispatch hands a command.
 	var got []string
-	extraCommands["zz-test"] = func(args []string, out io.Writer) error {
+	saved := commands
+	commands = append(slices.Clone(commands), command{"zz-test", "a test command", func(e *env, args []string) error {
 		got = args
-		_, err := io.WriteString(out, "extra ran\n")
+		_, err := io.WriteString(e.out, "test command ran\n")
 		return err
-	}
-	t.Cleanup(func() { delete(extraCommands, "zz-test") })
+	}})
+	t.Cleanup(func() { commands = saved })
 
 	tests := []struct {
 		name    string
@@ -55,12 +88,17 @@ func TestDispatch(t *testing.T) {
 	}{
 		{"ok/no-args-prints-usage", nil, false, "ca init"},
 		{"ok/help", []string{"--help"}, false, "device register"},
-		{"ok/usage-lists-extra-commands", []string{"help"}, false, "zz-test"},
+		{"ok/usage-lists-one-word-commands", []string{"help"}, false, "zz-test"},
+		{"ok/usage-lists-bootstrap-cert", []string{"help"}, false, "bootstrap-cert"},
 		{"ok/group-usage", []string{"ca"}, false, "ca verification-cert"},
-		{"ok/extra-command", []string{"zz-test", "a", "b"}, false, "extra ran"},
+		{"ok/devices-group-usage", []string{"devices"}, false, "devices disable"},
+		{"ok/devices-group-help", []string{"devices", "--help"}, false, "devices enable"},
+		{"ok/one-word-command", []string{"zz-test", "a", "b"}, false, "test command ran"},
 		{"fail/unknown-command", []string{"nope"}, true, ""},
 		{"fail/unknown-subcommand", []string{"ca", "nope"}, true, "ca init"},
+		{"fail/unknown-devices-subcommand", []string{"devices", "remove"}, true, "devices add"},
 		{"fail/stray-argument", []string{"sas", "device-key", "oops"}, true, ""},
+		{"fail/one-word-command-stray-argument", []string{"beam", "oops"}, true, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -75,27 +113,52 @@ func TestDispatch(t *testing.T) {
 		})
 	}
 	if strings.Join(got, " ") != "a b" {
-		t.Errorf("extra command got args %q", got)
+		t.Errorf("one-word command got args %q", got)
 	}
 }
 
-// sasVector is one entry of ../shared/testvectors.json: computed with openssl, not with
-// this project's code.
+// testVectorsFile holds independent vectors, computed with openssl and sha256sum, not
+// with this project's code. It is internal/auth's copy, in the repository, so the tests
+// against it run in every clone and in CI.
+var testVectorsFile = filepath.Join("..", "..", "internal", "auth", "testdata", "testvectors.json")
+
+// sasVector is one SAS entry of testVectorsFile.
 type sasVector struct {
 	GroupKey, RegistrationID, DerivedDeviceKey, SE, SR, Authorization string
 }
 
+// beamVector is one SORACOM Beam entry of testVectorsFile.
+type beamVector struct {
+	PSK       string            `json:"psk"`
+	Headers   map[string]string `json:"headers"`
+	Signature string            `json:"signature"`
+}
+
+// testVectors reads testVectorsFile; a missing or empty file fails the test, since a
+// skip would let the vectors go unchecked without anyone noticing.
+func testVectors(t *testing.T) (sas []sasVector, beam []beamVector) {
+	t.Helper()
+	b, err := os.ReadFile(testVectorsFile)
+	if err != nil {
+		t.Fatalf("test vectors: %v", err)
+	}
+	var v struct {
+		SAS  []sasVector  `json:"sas"`
+		Beam []beamVector `json:"beam"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		t.Fatalf("%s: %v", testVectorsFile, err)
+	}
+	if len(v.SAS) == 0 || len(v.Beam) == 0 {
+		t.Fatalf("%s: %d SAS and %d Beam vectors, want some of each", testVectorsFile, len(v.SAS), len(v.Beam))
+	}
+	return v.SAS, v.Beam
+}
+
 func sasVectors(t *testing.T) []sasVector {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(testenv.ModuleRoot(), "..", "shared", "testvectors.json"))
-	if err != nil {
-		t.Skipf("shared test vectors not available: %v", err)
-	}
-	var v struct{ SAS []sasVector }
-	if err := json.Unmarshal(b, &v); err != nil {
-		t.Fatal(err)
-	}
-	return v.SAS
+	sas, _ := testVectors(t)
+	return sas
 }
 
 func TestSASAgainstIndependentVectors(t *testing.T) {
