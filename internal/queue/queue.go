@@ -167,7 +167,7 @@ type Received struct {
 	InsertionTime, ExpirationTime, NextVisibleTime time.Time
 	Body                                           []byte // base64-decoded message text (raw text if it was not base64)
 
-	text string // the message text as stored, so Release puts back exactly that
+	text string // the message text as stored, so Extend and Release put back exactly that
 }
 
 // Receive dequeues up to max messages (1..32), hiding them for visibility (at least 1 s).
@@ -232,28 +232,49 @@ func (q *Queue) Delete(ctx context.Context, r Received) error {
 	return nil
 }
 
-// Release makes a received message visible again after visibility (0 = now), as a failed
-// invocation does; its dequeue count goes up when it is received again.
-func (q *Queue) Release(ctx context.Context, r Received, visibility time.Duration) error {
+// ErrLeaseLost: the message is no longer ours to update — deleted, or received again by
+// someone else (with a new pop receipt) after our visibility lapsed.
+var ErrLeaseLost = errors.New("queue: message lease lost")
+
+// Extend hides a received message for visibility from now (0 = visible now) and returns it
+// with the new pop receipt and next-visible time, which every later Delete, Release or
+// Extend of it must use. The service's update also rewrites the content, so Extend puts
+// back the message text as stored: the message stays what the producer wrote. A message
+// that is no longer ours fails with ErrLeaseLost.
+func (q *Queue) Extend(ctx context.Context, r Received, visibility time.Duration) (Received, error) {
 	vis, err := seconds(visibility)
 	if err != nil {
-		return err
+		return r, err
+	}
+	if r.text == "" && len(r.Body) > 0 {
+		// Only Receive sets the stored text, and writing any other text could change the
+		// message (its producer's encoding is not ours to guess).
+		return r, fmt.Errorf("queue: message %q was not received from a Queue; its stored text is unknown", r.ID)
 	}
 	q.count()
-	// An update replaces the content too, and the message must stay what the producer
-	// wrote: put back the stored text (re-encode only for a Received built elsewhere).
-	text := r.text
-	if text == "" {
-		text = base64.StdEncoding.EncodeToString(r.Body)
-	}
-	_, err = q.q.UpdateMessage(ctx, r.ID, r.PopReceipt, text,
+	resp, err := q.q.UpdateMessage(ctx, r.ID, r.PopReceipt, r.text,
 		&azqueue.UpdateMessageOptions{VisibilityTimeout: to.Ptr(vis)})
 	if err != nil {
 		if queueerror.HasCode(err, queueerror.MessageNotFound, queueerror.PopReceiptMismatch) {
-			// Someone else holds it now (our visibility lapsed): nothing to release.
-			return nil
+			return r, fmt.Errorf("%w: %w", ErrLeaseLost, err)
 		}
-		return unavailable("release message", err)
+		return r, unavailable("update message", err)
+	}
+	if resp.PopReceipt != nil {
+		r.PopReceipt = *resp.PopReceipt
+	}
+	if resp.TimeNextVisible != nil {
+		r.NextVisibleTime = resp.TimeNextVisible.UTC()
+	}
+	return r, nil
+}
+
+// Release makes a received message visible again after visibility (0 = now), as a failed
+// invocation does; its dequeue count goes up when it is received again. A message that is
+// no longer ours (our visibility lapsed and someone else holds it) has nothing to release.
+func (q *Queue) Release(ctx context.Context, r Received, visibility time.Duration) error {
+	if _, err := q.Extend(ctx, r, visibility); err != nil && !errors.Is(err, ErrLeaseLost) {
+		return err
 	}
 	return nil
 }

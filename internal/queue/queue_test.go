@@ -230,6 +230,59 @@ func TestReleaseCountsDequeues(t *testing.T) {
 	})
 }
 
+// TestExtend: extending a lease hands out a new pop receipt, keeps the message hidden past
+// its first visibility, counts one transaction, and leaves the stored text as the producer
+// wrote it — even a text that is not base64. The old pop receipt then fails with
+// ErrLeaseLost, which Release treats as nothing to release.
+func TestExtend(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	q, svc := newQueue(t)
+	const raw = `{"operationId":"op-raw","deviceId":"dev"}` // written by another tool, not base64
+	if _, err := svc.NewQueueClient(q.name).EnqueueMessage(ctx, raw, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := receiveOne(t, q, 2*time.Second)
+	before := q.Transactions()
+	ext, err := q.Extend(ctx, r, 4*time.Second)
+	if err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	if n := q.Transactions() - before; n != 1 {
+		t.Errorf("Extend counted %d transactions, want 1", n)
+	}
+	if ext.PopReceipt == "" || ext.PopReceipt == r.PopReceipt {
+		t.Errorf("Extend kept the pop receipt %q", r.PopReceipt)
+	}
+	if !ext.NextVisibleTime.After(r.NextVisibleTime) {
+		t.Errorf("next visible %v, not after the first lease's %v", ext.NextVisibleTime, r.NextVisibleTime)
+	}
+	if ext.ID != r.ID || ext.DequeueCount != r.DequeueCount || string(ext.Body) != raw {
+		t.Errorf("Extend changed the message: %+v", ext)
+	}
+	if _, err := q.Extend(ctx, r, time.Second); !errors.Is(err, ErrLeaseLost) {
+		t.Errorf("Extend with the old pop receipt: %v, want ErrLeaseLost", err)
+	}
+	if err := q.Release(ctx, r, 0); err != nil {
+		t.Errorf("Release with the old pop receipt: %v, want nothing to release", err)
+	}
+	time.Sleep(2500 * time.Millisecond) // past the first 2 s lease, within the extended 4 s
+	if more, err := q.Receive(ctx, 32, time.Second); err != nil || len(more) != 0 {
+		t.Fatalf("extended message visible after its first lease: %d, %v", len(more), err)
+	}
+	// Release with the new pop receipt puts it back at once, text unchanged.
+	if err := q.Release(ctx, ext, 0); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	peek, err := svc.NewQueueClient(q.name).PeekMessages(ctx, nil)
+	if err != nil || len(peek.Messages) != 1 {
+		t.Fatalf("peek: %v, %v", peek.Messages, err)
+	}
+	if got := *peek.Messages[0].MessageText; got != raw {
+		t.Fatalf("text after Extend and Release = %q, want the producer's %q", got, raw)
+	}
+}
+
 func TestDelayRespected(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -301,6 +354,17 @@ func TestBadArguments(t *testing.T) {
 	}
 	if _, err := q.Receive(ctx, 33, time.Second); err == nil {
 		t.Error("receive 33 accepted")
+	}
+	if _, err := q.Extend(ctx, Received{ID: "m", PopReceipt: "p"}, -time.Second); err == nil {
+		t.Error("negative visibility accepted")
+	}
+	if _, err := q.Extend(ctx, Received{ID: "m", PopReceipt: "p"}, 8*24*time.Hour); err == nil {
+		t.Error("visibility over 7 days accepted")
+	}
+	// A Received not from Receive has no stored text: updating it would have to guess the
+	// producer's encoding, and a wrong guess rewrites the message.
+	if err := q.Release(ctx, Received{ID: "m", PopReceipt: "p", Body: []byte(`{"operationId":"op","deviceId":"d"}`)}, 0); err == nil {
+		t.Error("Release of a message not received from a Queue accepted")
 	}
 	if q.Transactions() != 0 {
 		t.Errorf("bad arguments reached storage: %d requests", q.Transactions())
