@@ -5,14 +5,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"math"
 	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // maxBodyBytes is DESIGN.md's limit on a register body.
@@ -60,11 +59,7 @@ func (s *Server) renderError(w http.ResponseWriter, r *http.Request, err error) 
 
 // setRetryAfter writes whole seconds, rounded up so a client never comes back early.
 func setRetryAfter(w http.ResponseWriter, d time.Duration) {
-	secs := int(math.Ceil(d.Seconds()))
-	if secs < 1 {
-		secs = 1
-	}
-	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	w.Header().Set("Retry-After", pause.FormatRetryAfter(d))
 }
 
 // readJSON reads an optional JSON object body into v. It reports whether a body was

@@ -2,12 +2,12 @@ package deviceclient
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // Status is an operation's state in the device API.
@@ -113,28 +113,6 @@ const (
 	MaxRetryAfter = 5 * time.Minute
 )
 
-// ParseRetryAfter reads a Retry-After header: delay-seconds, or an HTTP date taken
-// relative to now. It reports false for an absent, negative or unreadable value. The
-// result is within [0, MaxRetryAfter].
-func ParseRetryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	// Out of range, ParseInt answers the int64 bound with the same sign: still a number
-	// of seconds, bounded below like any other.
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil || errors.Is(err, strconv.ErrRange) {
-		if n < 0 {
-			return 0, false
-		}
-		return time.Duration(min(n, int64(MaxRetryAfter/time.Second))) * time.Second, true
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return min(max(t.Sub(now), 0), MaxRetryAfter), true
-	}
-	return 0, false
-}
-
 // parseAnswer reads one answer of the service, which the device does not trust: anything
 // but a well-formed in-flight, assigned or failed answer is an *APIError (an error body,
 // or something else) or a *MalformedError. Values that end up in URLs, file names,
@@ -143,7 +121,7 @@ func parseAnswer(status int, retryAfter string, body []byte, now time.Time) (*Re
 	if len(body) > MaxAnswerSize {
 		return nil, &MalformedError{Status: status, Reason: fmt.Sprintf("HTTP %d: answer larger than %d bytes", status, MaxAnswerSize)}
 	}
-	wait, sent := ParseRetryAfter(retryAfter, now)
+	wait, sent := pause.ParseRetryAfter(retryAfter, now, MaxRetryAfter)
 	if !sent {
 		wait = DefaultRetryAfter
 	}

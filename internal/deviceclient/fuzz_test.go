@@ -89,16 +89,3 @@ func FuzzVerifyCredentials(f *testing.F) {
 		_ = VerifyCredentials(res, "", nil, key) // the CSR path too: no panic
 	})
 }
-
-func FuzzParseRetryAfter(f *testing.F) {
-	for _, s := range []string{"2", "", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "1e9", "99999999999999999999", " 7 "} {
-		f.Add(s)
-	}
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	f.Fuzz(func(t *testing.T, s string) {
-		d, ok := ParseRetryAfter(s, now)
-		if d < 0 || d > MaxRetryAfter || !ok && d != 0 {
-			t.Errorf("ParseRetryAfter(%q) = %v, %v", s, d, ok)
-		}
-	})
-}

@@ -117,26 +117,6 @@ type Operation struct {
 	State       *RegistrationState // nil while assigning
 }
 
-// Register sends the register PUT over mutual TLS with cert (device chain + key).
-func (c *Client) Register(ctx context.Context, registrationID string, cert tls.Certificate) (*Operation, error) {
-	hc, done, err := c.httpClient(cert)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	return c.register(ctx, hc, registrationID)
-}
-
-// Status reads a registration operation.
-func (c *Client) Status(ctx context.Context, registrationID, operationID string, cert tls.Certificate) (*Operation, error) {
-	hc, done, err := c.httpClient(cert)
-	if err != nil {
-		return nil, err
-	}
-	defer done()
-	return c.status(ctx, hc, registrationID, operationID)
-}
-
 // RegisterAndWait registers, then polls honouring Retry-After (the first poll no sooner
 // than FirstPollAfter, later ones at least MinPollInterval apart) until the operation is assigned, failed or disabled, or ctx ends.
 // assigned -> (*Operation, nil); failed/disabled -> (the final *Operation, *Error) with
@@ -298,7 +278,8 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, u string, body
 		}
 		return nil, &Error{Message: "reading DPS response failed", cause: err}
 	}
-	retryAfter := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+	// No Retry-After, or one that does not parse, is 0: the caller's own pacing applies.
+	retryAfter, _ := pause.ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now(), maxRetryAfter)
 	if len(data) > maxResponseBytes {
 		return nil, &Error{StatusCode: resp.StatusCode, Message: "DPS response larger than 1 MiB", RetryAfter: retryAfter}
 	}

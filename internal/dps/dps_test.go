@@ -45,6 +45,26 @@ func asError(t *testing.T, err error) *Error {
 	return de
 }
 
+// registerOnce and statusOnce send one register PUT or one status GET the way
+// RegisterAndWait does: over a client presenting cert, through c.register and c.status.
+func registerOnce(ctx context.Context, c *Client, registrationID string, cert tls.Certificate) (*Operation, error) {
+	hc, done, err := c.httpClient(cert)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return c.register(ctx, hc, registrationID)
+}
+
+func statusOnce(ctx context.Context, c *Client, registrationID, operationID string, cert tls.Certificate) (*Operation, error) {
+	hc, done, err := c.httpClient(cert)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return c.status(ctx, hc, registrationID, operationID)
+}
+
 func TestRegisterAndWait(t *testing.T) {
 	type result struct {
 		op   *Operation
@@ -257,7 +277,7 @@ func TestRegister_quota(t *testing.T) {
 	c := newClient(t, srv, pki, "0ne00000000")
 	ctx := context.Background()
 	for _, id := range []string{"dev-1", "dev-2"} {
-		if _, err := c.Register(ctx, id, pki.Device(t, id)); err != nil {
+		if _, err := registerOnce(ctx, c, id, pki.Device(t, id)); err != nil {
 			t.Fatalf("%s: %v", id, err)
 		}
 	}
@@ -298,7 +318,7 @@ func TestStatus(t *testing.T) {
 	c := newClient(t, srv, pki, "0ne00000000")
 	ctx := context.Background()
 	cert := pki.Device(t, "dev-1")
-	op, err := c.Register(ctx, "dev-1", cert)
+	op, err := registerOnce(ctx, c, "dev-1", cert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +374,7 @@ func TestStatus(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			clock.Advance(tt.advance)
-			got, err := c.Status(ctx, tt.id, tt.op, tt.cert)
+			got, err := statusOnce(ctx, c, tt.id, tt.op, tt.cert)
 			tt.check(t, got, err)
 		})
 	}
@@ -625,8 +645,44 @@ func TestRegister_oversizedAnswer(t *testing.T) {
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	c := newClient(t, srv, pki, "0ne00000000")
-	_, err := c.Register(context.Background(), "dev-1", pki.Device(t, "dev-1"))
+	_, err := registerOnce(context.Background(), c, "dev-1", pki.Device(t, "dev-1"))
 	if de := asError(t, err); !strings.Contains(de.Message, "1 MiB") {
 		t.Errorf("error = %+v", de)
+	}
+}
+
+// TestRegister_retryAfter: a throttled answer's Retry-After reaches the *Error, bounded
+// by maxRetryAfter even when the number is beyond int64 (an earlier parser gave 0 there,
+// which would have retried at once), and a date or garbage reads as pause.ParseRetryAfter
+// says.
+func TestRegister_retryAfter(t *testing.T) {
+	tests := []struct {
+		name, retryAfter string
+		want             time.Duration
+	}{
+		{name: "ok/seconds", retryAfter: "7", want: 7 * time.Second},
+		{name: "ok/capped", retryAfter: "999999999999", want: maxRetryAfter},
+		{name: "ok/beyond int64 is capped", retryAfter: "99999999999999999999", want: maxRetryAfter},
+		{name: "ok/date far ahead is capped", retryAfter: time.Now().Add(3 * time.Hour).Format(http.TimeFormat), want: maxRetryAfter},
+		{name: "fail/garbage is none", retryAfter: "soon"},
+		{name: "fail/negative is none", retryAfter: "-5"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pki := dpsemutest.NewPKI(t)
+			srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", tt.retryAfter)
+				w.WriteHeader(http.StatusTooManyRequests)
+				fmt.Fprint(w, `{"errorCode":429001,"trackingId":"t","message":"throttled"}`)
+			}))
+			srv.TLS = &tls.Config{Certificates: []tls.Certificate{pki.Server(t)}, ClientAuth: tls.RequireAnyClientCert}
+			srv.StartTLS()
+			t.Cleanup(srv.Close)
+			c := newClient(t, srv, pki, "0ne00000000")
+			_, err := registerOnce(context.Background(), c, "dev-1", pki.Device(t, "dev-1"))
+			if de := asError(t, err); de.StatusCode != 429 || !de.Transient() || de.RetryAfter != tt.want {
+				t.Errorf("error = %+v, want 429 retry after %v", de, tt.want)
+			}
+		})
 	}
 }

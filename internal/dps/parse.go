@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -110,32 +109,6 @@ func parseErrorBody(body []byte) (code int, message, trackingID string) {
 		return 0, "", ""
 	}
 	return int(w.ErrorCode), clean(w.Message, maxMessageLen), clean(w.TrackingID, 128)
-}
-
-// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP-date (RFC 9110).
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	var d time.Duration
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n <= 0 {
-			return 0
-		}
-		if n > int64(maxRetryAfter/time.Second) {
-			return maxRetryAfter
-		}
-		d = time.Duration(n) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = t.Sub(now)
-		if d <= 0 {
-			return 0
-		}
-	} else {
-		return 0
-	}
-	return min(d, maxRetryAfter)
 }
 
 // clean truncates s to n bytes (on a rune boundary) and drops control characters, so a

@@ -1,10 +1,8 @@
 package dps
 
 import (
-	"net/http"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf8"
 )
 
@@ -101,33 +99,6 @@ func TestParseErrorBody(t *testing.T) {
 	}
 }
 
-func TestParseRetryAfter(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	tests := []struct {
-		name string
-		v    string
-		want time.Duration
-	}{
-		{name: "ok/seconds", v: "3", want: 3 * time.Second},
-		{name: "ok/spaces", v: " 60 ", want: time.Minute},
-		{name: "ok/http date", v: now.Add(90 * time.Second).Format(http.TimeFormat), want: 90 * time.Second},
-		{name: "ok/capped", v: "999999999999", want: maxRetryAfter},
-		{name: "fail/empty", v: ""},
-		{name: "fail/zero", v: "0"},
-		{name: "fail/negative", v: "-5"},
-		{name: "fail/fraction", v: "1.5"},
-		{name: "fail/past date", v: now.Add(-time.Hour).Format(http.TimeFormat)},
-		{name: "fail/garbage", v: "soon"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if got := parseRetryAfter(tt.v, now); got != tt.want {
-				t.Errorf("parseRetryAfter(%q) = %v, want %v", tt.v, got, tt.want)
-			}
-		})
-	}
-}
-
 func FuzzParseOperation(f *testing.F) {
 	for _, s := range []string{dpsAssigning, dpsAssigned, dpsFailed, `{"operationId":"o","status":"disabled"}`,
 		`{"operationId":"o","status":"failed","registrationState":{"errorCode":"1"}}`, `null`, `[]`, `{`, ``} {
@@ -176,18 +147,6 @@ func FuzzParseErrorBody(f *testing.F) {
 		_, msg, tid := parseErrorBody(body)
 		if len(msg) > maxMessageLen || len(tid) > 128 || !printable(msg) || !printable(tid) {
 			t.Fatalf("unclean result %q %q", msg, tid)
-		}
-	})
-}
-
-func FuzzParseRetryAfter(f *testing.F) {
-	for _, s := range []string{"3", "0", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "99999999999999999999", " 7 ", "x"} {
-		f.Add(s)
-	}
-	now := time.Now()
-	f.Fuzz(func(t *testing.T, v string) {
-		if d := parseRetryAfter(v, now); d < 0 || d > maxRetryAfter {
-			t.Fatalf("parseRetryAfter(%q) = %v", v, d)
 		}
 	})
 }

@@ -21,7 +21,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	mrand "math/rand/v2"
 	"net/http"
 	"net/url"
@@ -31,6 +30,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/iotprov/iotprov/internal/pause"
 )
 
 // DPS errorCode values the emulator answers with. 401002 and 429001 are what DPS sends
@@ -56,6 +57,9 @@ const (
 	quotaWindow     = time.Minute
 	pollWindow      = 10 * time.Second
 	maxRequestBytes = 64 << 10
+	// enrollmentGroupID is the one enrollment group's name, reported in
+	// registrationState.x509.
+	enrollmentGroupID = "iotprov-emulator"
 )
 
 // Config configures the emulator.
@@ -76,8 +80,6 @@ type Config struct {
 	// PollRetryAfter is the Retry-After sent with every "assigning" answer; DPS sends
 	// a few seconds. 0 -> 1s; negative -> no header (the client's own pacing applies).
 	PollRetryAfter time.Duration
-	// EnrollmentGroupID is reported in registrationState.x509; "" -> "iotprov-emulator".
-	EnrollmentGroupID string
 	// Outcome, when set, decides how a registration ends: "" or "assigned" assigns,
 	// "failed" or "disabled" ends the operation so, with errorCode and errorMessage.
 	Outcome func(registrationID string) (status string, errorCode int, errorMessage string)
@@ -119,9 +121,6 @@ type device struct {
 func New(cfg Config) *Server {
 	if cfg.AssignedHub == "" {
 		cfg.AssignedHub = "localhost"
-	}
-	if cfg.EnrollmentGroupID == "" {
-		cfg.EnrollmentGroupID = "iotprov-emulator"
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -204,11 +203,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) answer(r *http.Request) answer {
 	if s.cfg.Latency > 0 {
-		t := time.NewTimer(s.cfg.Latency)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
+		if err := pause.For(r.Context(), s.cfg.Latency); err != nil {
 			return s.fail(http.StatusServiceUnavailable, ErrorCodeServiceUnavailable, "Request cancelled.")
 		}
 	}
@@ -445,7 +440,7 @@ func (s *Server) finish(op *operation, now time.Time) {
 		LastUpdatedUTC:     utc(now),
 		ETag:               newETag(),
 		X509: &x509Result{
-			EnrollmentGroupID:      s.cfg.EnrollmentGroupID,
+			EnrollmentGroupID:      enrollmentGroupID,
 			CertificateInfo:        &op.cert,
 			SigningCertificateInfo: op.signer,
 		},
@@ -491,7 +486,7 @@ func write(w http.ResponseWriter, a answer) {
 	if a.retryAfter > 0 {
 		// Whole seconds, rounded up: Retry-After cannot say less, and rounding down
 		// would invite a retry that is refused again.
-		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(a.retryAfter.Seconds()))))
+		h.Set("Retry-After", pause.FormatRetryAfter(a.retryAfter))
 	}
 	if a.errorCode != 0 {
 		h.Set("x-ms-error-code", strconv.Itoa(a.errorCode))

@@ -1,5 +1,9 @@
 // Package pause is the one context-aware wait the service, its tools and its tests share:
 // a poll interval, a Retry-After or a back-off that ends early when the caller gives up.
+//
+// It also reads and writes the Retry-After header (ParseRetryAfter, FormatRetryAfter), so
+// the DPS client, the device client, the service and the DPS emulator bound and round
+// it the same way.
 package pause
 
 import (
