@@ -346,6 +346,9 @@ func (a *app) handleProvision(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.worker.Provision(r.Context(), msg, trig.DequeueCount); err != nil {
+		// Logged here: the Functions host shows a failed invocation's Logs nowhere.
+		a.log.Error("provision failed; the host will redeliver", "operationId", msg.OperationID,
+			"deviceId", msg.DeviceID, "dequeueCount", trig.DequeueCount, "err", err)
 		funcs.WriteResult(w, http.StatusInternalServerError, funcs.InvocationResult{
 			Logs: []string{"provision failed; the host will redeliver: " + err.Error()}})
 		return
@@ -363,6 +366,7 @@ func (a *app) handlePurge(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := a.worker.Purge(r.Context()); err != nil {
+		a.log.Error("purge failed", "err", err)
 		funcs.WriteResult(w, http.StatusInternalServerError, funcs.InvocationResult{Logs: []string{"purge failed: " + err.Error()}})
 		return
 	}

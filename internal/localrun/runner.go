@@ -12,7 +12,6 @@ package localrun
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/http"
@@ -197,7 +196,7 @@ func (r *Runner) deliver(ctx context.Context, current func() queue.Received, m q
 		defer cancel()
 	}
 	start := time.Now()
-	status, answer := r.invoke(ictx, "/"+provisionFunction, body)
+	status := r.invoke(ictx, "/"+provisionFunction, body)
 	took := time.Since(start)
 	for _, f := range beforeSettle {
 		f()
@@ -209,9 +208,6 @@ func (r *Runner) deliver(ctx context.Context, current func() queue.Received, m q
 	settle := current()
 	log := r.logger().With("messageId", m.ID, "dequeueCount", m.DequeueCount)
 	log.Debug("localrun: provision invoked", "status", status, "took", took)
-	if !ok(status) {
-		logAnswer(log, provisionFunction, answer)
-	}
 	var err error
 	switch {
 	case ok(status):
@@ -246,11 +242,8 @@ func (r *Runner) timer(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			status, answer := r.invoke(ctx, "/"+purgeFunction, funcs.NewTimerInvocation("timer", false))
-			if !ok(status) {
-				log := r.logger()
-				logAnswer(log, purgeFunction, answer)
-				log.Warn("localrun: purge invocation failed", "status", status)
+			if status := r.invoke(ctx, "/"+purgeFunction, funcs.NewTimerInvocation("timer", false)); !ok(status) {
+				r.logger().Warn("localrun: purge invocation failed", "status", status)
 			}
 		}
 	}
@@ -264,38 +257,14 @@ const (
 )
 
 // invoke posts an invocation to the handler in-process, exactly as the host would over
-// HTTP, and returns the answer's status and body.
-func (r *Runner) invoke(ctx context.Context, path string, body []byte) (int, []byte) {
+// HTTP. Like the host, it does not surface a failed invocation's Logs (the Functions host
+// logs them only for a 2xx answer): the handler logs its own failures.
+func (r *Runner) invoke(ctx context.Context, path string, body []byte) int {
 	req := httptest.NewRequestWithContext(ctx, http.MethodPost, path, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	rec := httptest.NewRecorder()
 	r.Functions.ServeHTTP(rec, req)
-	return rec.Code, rec.Body.Bytes()
+	return rec.Code
 }
 
 func ok(status int) bool { return status >= 200 && status < 300 }
-
-// maxLoggedAnswer bounds how much of an answer that is not an invocation result is logged.
-const maxLoggedAnswer = 1 << 10
-
-// logAnswer logs the Logs of a failed invocation's answer (funcs.InvocationResult), one
-// record per entry under log (which names the message), as the function's own log lines:
-// the handler reports why an invocation failed only there. An answer that is not an
-// invocation result is logged as it came, shortened; an empty one says nothing.
-func logAnswer(log *slog.Logger, function string, answer []byte) {
-	if len(bytes.TrimSpace(answer)) == 0 {
-		return
-	}
-	var res funcs.InvocationResult
-	if err := json.Unmarshal(answer, &res); err != nil {
-		if len(answer) > maxLoggedAnswer {
-			answer = answer[:maxLoggedAnswer]
-		}
-		log.Warn("localrun: failed invocation's answer is not an invocation result",
-			"function", function, "answer", string(answer), "err", err)
-		return
-	}
-	for _, entry := range res.Logs {
-		log.Warn("localrun: function log", "function", function, "entry", entry)
-	}
-}

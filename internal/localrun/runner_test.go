@@ -1,7 +1,6 @@
 package localrun
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -106,105 +104,6 @@ func TestHostSemantics(t *testing.T) {
 		if q.settled[id] != how {
 			t.Errorf("%s: %q, want %q", id, q.settled[id], how)
 		}
-	}
-}
-
-// syncBuffer is a log destination for handlers that write from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// TestFailedInvocationLogs: the handler tells why provision failed only in the answer's
-// Logs (handler/app.go), so the runner logs those entries of a failed invocation, each
-// with the message ID and dequeue count, whether the message is retried or poisoned — and
-// shows an answer that is no invocation result as it came.
-func TestFailedInvocationLogs(t *testing.T) {
-	q := &fakeQueue{settled: map[string]string{}, done: make(chan struct{}), pending: []queue.Received{
-		{ID: "retry", DequeueCount: 2, Body: []byte(`{"operationId":"a","deviceId":"logs"}`)},
-		{ID: "poison", DequeueCount: 5, Body: []byte(`{"operationId":"b","deviceId":"logs"}`)},
-		{ID: "garbled", DequeueCount: 1, Body: []byte(`{"operationId":"c","deviceId":"garbled"}`)},
-	}}
-	fn := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, _ := io.ReadAll(r.Body)
-		trig, err := funcs.ParseQueueTrigger(body, "message")
-		if err != nil {
-			t.Errorf("invocation body not in the host's shape: %v", err)
-			w.WriteHeader(500)
-			return
-		}
-		m, _ := queue.ParseMessage(trig.Item)
-		if m.DeviceID == "garbled" {
-			w.WriteHeader(http.StatusBadGateway)
-			_, _ = io.WriteString(w, "upstream said no")
-			return
-		}
-		funcs.WriteResult(w, http.StatusInternalServerError, funcs.InvocationResult{Logs: []string{
-			"provision failed; the host will redeliver: boom " + m.OperationID, "second line " + m.OperationID}})
-	})
-	var out syncBuffer
-	r := &Runner{Queue: q, Functions: fn, MaxDequeueCount: 5, VisibilityTimeout: time.Second, BatchSize: 16,
-		Lease: time.Minute, MaxPollInterval: 10 * time.Millisecond,
-		Log: slog.New(slog.NewJSONHandler(&out, nil))}
-	ctx, cancel := context.WithCancel(context.Background())
-	go func() {
-		select {
-		case <-q.done:
-		case <-time.After(5 * time.Second):
-			t.Error("the messages were not all settled in 5s")
-		}
-		cancel()
-	}()
-	_ = r.Run(ctx)
-
-	type record struct {
-		Msg, MessageID, Function, Entry, Answer string
-		DequeueCount                            int64
-	}
-	var entries []record
-	for line := range strings.Lines(out.String()) {
-		var rec record
-		if err := json.Unmarshal([]byte(line), &rec); err != nil {
-			t.Fatalf("log line %q: %v", line, err)
-		}
-		if rec.Entry != "" || rec.Answer != "" {
-			entries = append(entries, rec)
-		}
-	}
-	want := []record{
-		{MessageID: "retry", DequeueCount: 2, Function: "provision", Entry: "provision failed; the host will redeliver: boom a"},
-		{MessageID: "retry", DequeueCount: 2, Function: "provision", Entry: "second line a"},
-		{MessageID: "poison", DequeueCount: 5, Function: "provision", Entry: "provision failed; the host will redeliver: boom b"},
-		{MessageID: "poison", DequeueCount: 5, Function: "provision", Entry: "second line b"},
-		{MessageID: "garbled", DequeueCount: 1, Function: "provision", Answer: "upstream said no"},
-	}
-	for _, w := range want {
-		found := false
-		for _, e := range entries {
-			e.Msg = ""
-			found = found || e == w
-		}
-		if !found {
-			t.Errorf("no log record %+v among %+v", w, entries)
-		}
-	}
-	if len(entries) != len(want) {
-		t.Errorf("%d records with invocation logs, want %d: %+v", len(entries), len(want), entries)
-	}
-	if q.settled["retry"] != "released" || q.settled["poison"] != "poisoned" || q.settled["garbled"] != "released" {
-		t.Errorf("settled %v: logging must not change how a failed invocation is settled", q.settled)
 	}
 }
 
