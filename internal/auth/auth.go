@@ -38,7 +38,9 @@ type Authenticator interface {
 	// Challenge is the WWW-Authenticate challenge for this method (e.g. `SharedAccessSignature`).
 	Challenge() string
 	// Authenticate returns ErrNoCredential when the request carries no credential of this
-	// kind (so the next authenticator is tried), else the identity or an *errcode.Error (401).
+	// kind (so the next authenticator is tried), else the identity or an error: an
+	// *errcode.Error for what the device should hear (401, or 503 when a key cannot be
+	// read), a plain error for a fault of the service (rendered as 500 internal_error).
 	Authenticate(ctx context.Context, r *http.Request) (Identity, error)
 }
 

@@ -2,12 +2,14 @@ package auth
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/iotprov/iotprov/internal/config"
 	"github.com/iotprov/iotprov/internal/errcode"
@@ -228,4 +230,47 @@ func checkAuth(t *testing.T, method string, id Identity, err error, want authWan
 		t.Fatalf("identity %+v returned with an error", id)
 	}
 	return e
+}
+
+// An authenticator built without its key source is a wiring bug: it returns a plain error
+// naming the method, which errcode.As turns into 500 internal_error with the safe message
+// while keeping the reason as the cause for the log (not err=<nil>).
+func TestNilKeySourceIsInternalError(t *testing.T) {
+	beamNow := time.Unix(1_800_000_000, 0)
+	tests := []struct {
+		name   string
+		a      Authenticator
+		req    func(r *http.Request)
+		reason string
+	}{
+		{name: "sas", a: NewSAS(SASConfig{Now: fixedClock}), reason: "auth: sas: no key source configured",
+			req: func(r *http.Request) {
+				r.Header.Set("Authorization", NewSASToken(DeriveDeviceKey([]byte("k"), "dev"), "dev", fixedNow.Add(time.Hour).Unix(), ""))
+			}},
+		{name: "beam", a: NewBeam(BeamConfig{Now: func() time.Time { return beamNow }}), reason: "auth: beam: no PSK source configured",
+			req: func(r *http.Request) {
+				SetBeamHeaders(r.Header, []byte("psk"), BeamHeaders{IMSI: "295000012345678", Timestamp: itoa(beamNow.UnixMilli())})
+			}},
+		{name: "jwt", a: NewJWT(JWTConfig{Issuer: "iss", Audience: "aud"}), reason: "auth: jwt: no key source configured",
+			req: func(r *http.Request) { r.Header.Set("Authorization", "Bearer aaa.bbb.ccc") }},
+		{name: "x509", a: NewX509(X509Config{Now: func() time.Time { return x509Now }}), reason: "auth: x509: no CA bundle source configured",
+			req: func(r *http.Request) { r.TLS = &tls.ConnectionState{PeerCertificates: x509Fixtures().good} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodPost, "/", nil)
+			tt.req(r)
+			_, err := tt.a.Authenticate(context.Background(), r)
+			e := errcode.As(err)
+			if err == nil || e.Status != http.StatusInternalServerError || e.Code != errcode.CodeInternal {
+				t.Fatalf("err = %v, want 500 %s", err, errcode.CodeInternal)
+			}
+			if e.Cause == nil || e.Cause.Error() != tt.reason {
+				t.Fatalf("cause = %v, want %q", e.Cause, tt.reason)
+			}
+			if strings.Contains(e.Message, tt.name) {
+				t.Fatalf("message %q leaks the internal reason", e.Message)
+			}
+		})
+	}
 }

@@ -282,8 +282,8 @@ func (b *Beam) Authenticate(ctx context.Context, r *http.Request) (Identity, err
 			"The SORACOM Beam timestamp is outside the accepted window; the request is stale or replayed.")
 	}
 	if b.psk == nil {
-		return Identity{}, errcode.New(http.StatusInternalServerError, errcode.CodeInternal,
-			"The service could not complete the request.")
+		// A plain error: errcode.As renders it as internal_error and logs this reason.
+		return Identity{}, errors.New("auth: beam: no PSK source configured")
 	}
 	psk, err := b.psk(ctx)
 	switch {

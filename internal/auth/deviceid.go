@@ -81,6 +81,3 @@ func (t *DeviceIDTemplate) DeviceID(subject string) (string, error) {
 	}
 	return id, nil
 }
-
-// String returns the template in its configured form, for logs.
-func (t *DeviceIDTemplate) String() string { return t.prefix + idPlaceholder + t.suffix }

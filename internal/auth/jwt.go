@@ -247,7 +247,8 @@ func claimString(claims map[string]any, path []string) (string, bool) {
 // keys returns the parsed verification keys, re-parsing only when the secret changed.
 func (j *JWT) keys(ctx context.Context) ([]VerificationKey, error) {
 	if j.cfg.Keys == nil {
-		return nil, errcode.New(http.StatusInternalServerError, errcode.CodeInternal, "The service could not complete the request.")
+		// A plain error: errcode.As renders it as internal_error and logs this reason.
+		return nil, errors.New("auth: jwt: no key source configured")
 	}
 	raw, err := j.cfg.Keys(ctx)
 	if err != nil {

@@ -115,8 +115,8 @@ func (s *SAS) Authenticate(ctx context.Context, r *http.Request) (Identity, erro
 		group = ""
 	}
 	if s.keys == nil {
-		return Identity{}, errcode.New(http.StatusInternalServerError, errcode.CodeInternal,
-			"The service could not complete the request.")
+		// A plain error: errcode.As renders it as internal_error and logs this reason.
+		return Identity{}, errors.New("auth: sas: no key source configured")
 	}
 	groupKey, err := s.keys(ctx, group)
 	switch {

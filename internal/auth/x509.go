@@ -45,11 +45,9 @@ type X509Config struct {
 type X509 struct {
 	cfg X509Config
 
-	mu     sync.Mutex
-	raw    []byte
-	roots  *x509.CertPool
-	inter  *x509.CertPool
-	loaded bool
+	mu    sync.Mutex
+	raw   []byte
+	roots *x509.CertPool // nil until the bundle is first parsed
 }
 
 var _ Authenticator = (*X509)(nil)
@@ -147,15 +145,15 @@ func (a *X509) Authenticate(ctx context.Context, r *http.Request) (Identity, err
 		return Identity{}, errcode.New(http.StatusUnauthorized, errcode.CodeInvalidCredential,
 			"The client certificate is not a client-authentication certificate (extended key usage clientAuth).")
 	}
-	roots, inter, err := a.pools(ctx)
+	roots, err := a.rootPool(ctx)
 	if err != nil {
 		return Identity{}, err
 	}
-	opts := x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now,
+	opts := x509.VerifyOptions{Roots: roots, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
 	if len(presented) > 0 {
 		// The device may send its own intermediates; they still must chain to a root.
-		opts.Intermediates = inter.Clone()
+		opts.Intermediates = x509.NewCertPool()
 		for _, c := range presented {
 			opts.Intermediates.AddCert(c)
 		}
@@ -181,35 +179,36 @@ func hasClientAuth(c *x509.Certificate) bool {
 	return false
 }
 
-// pools returns the trust anchors and intermediates, re-parsed only when the bundle changed.
-func (a *X509) pools(ctx context.Context) (roots, inter *x509.CertPool, err error) {
+// rootPool returns the trust anchors, re-parsed only when the bundle changed.
+func (a *X509) rootPool(ctx context.Context) (*x509.CertPool, error) {
 	if a.cfg.Roots == nil {
-		return nil, nil, errcode.New(http.StatusInternalServerError, errcode.CodeInternal, "The service could not complete the request.")
+		// A plain error: errcode.As renders it as internal_error and logs this reason.
+		return nil, errors.New("auth: x509: no CA bundle source configured")
 	}
 	raw, err := a.cfg.Roots(ctx)
 	if err != nil {
-		return nil, nil, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
+		return nil, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
 			"The service cannot verify credentials right now; retry later.").WithRetryAfter(keyLookupRetryAfter)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.loaded && bytes.Equal(raw, a.raw) {
-		return a.roots, a.inter, nil
+	if a.roots != nil && bytes.Equal(raw, a.raw) {
+		return a.roots, nil
 	}
-	roots, inter, err = ParseCABundle(raw)
+	roots, err := ParseCABundle(raw)
 	if err != nil {
-		return nil, nil, errcode.Wrap(err, http.StatusInternalServerError, errcode.CodeInternal, "The service could not complete the request.")
+		return nil, errcode.Wrap(err, http.StatusInternalServerError, errcode.CodeInternal, "The service could not complete the request.")
 	}
-	a.raw, a.roots, a.inter, a.loaded = bytes.Clone(raw), roots, inter, true
-	return roots, inter, nil
+	a.raw, a.roots = bytes.Clone(raw), roots
+	return roots, nil
 }
 
 // ParseCABundle reads the manufacturer CA bundle: every CA certificate in it is a trust
-// anchor (an operator may trust one manufacturer sub-CA without its root). The
-// intermediates pool is empty; devices may present their own. No CA certificate is an
-// error.
-func ParseCABundle(raw []byte) (roots, inter *x509.CertPool, err error) {
-	roots, inter = x509.NewCertPool(), x509.NewCertPool()
+// anchor (an operator may trust one manufacturer sub-CA without its root). There is no
+// intermediates pool: devices may present their own intermediates. No CA certificate is
+// an error.
+func ParseCABundle(raw []byte) (*x509.CertPool, error) {
+	roots := x509.NewCertPool()
 	n := 0
 	for rest := raw; ; {
 		var b *pem.Block
@@ -222,7 +221,7 @@ func ParseCABundle(raw []byte) (roots, inter *x509.CertPool, err error) {
 		}
 		c, err := x509.ParseCertificate(b.Bytes)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if !c.IsCA {
 			continue
@@ -231,7 +230,7 @@ func ParseCABundle(raw []byte) (roots, inter *x509.CertPool, err error) {
 		n++
 	}
 	if n == 0 {
-		return nil, nil, errors.New("auth: the manufacturer CA bundle holds no CA certificate")
+		return nil, errors.New("auth: the manufacturer CA bundle holds no CA certificate")
 	}
-	return roots, inter, nil
+	return roots, nil
 }

@@ -153,13 +153,13 @@ func TestX509Authenticate(t *testing.T) {
 
 func TestParseCABundle(t *testing.T) {
 	f := x509Fixtures()
-	if _, _, err := ParseCABundle(f.root.CertificatePEM()); err != nil {
+	if _, err := ParseCABundle(f.root.CertificatePEM()); err != nil {
 		t.Fatal(err)
 	}
 	leafOnly := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: f.good[0].Raw})
 	for name, raw := range map[string][]byte{"fail/empty": nil, "fail/leaf-only": leafOnly, "fail/garbage": []byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")} {
 		t.Run(name, func(t *testing.T) {
-			if _, _, err := ParseCABundle(raw); err == nil {
+			if _, err := ParseCABundle(raw); err == nil {
 				t.Fatal("accepted")
 			}
 		})
