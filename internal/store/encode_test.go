@@ -26,13 +26,14 @@ func FuzzUTF16Len(f *testing.F) {
 }
 
 // The wire format of an operation, pinned: what aztables.EDMEntity produced before the
-// struct encoding replaced it (same properties, values and type annotations).
+// struct encoding replaced it (same properties, values and type annotations), plus
+// HasKey, the purge filter's marker.
 func TestOperationWireFormat(t *testing.T) {
 	ts := time.Date(2026, 11, 28, 21, 0, 0, 123000000, time.UTC)
 	full := &Operation{ID: "op-1", DeviceID: "dev-1", Identity: "sas:dev-1", Status: StatusAssigned, CSR: []byte{1, 2, 3},
 		KeyAlgorithm: "ecdsa-p256", CertificatePEM: "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n",
 		SealedKey: []byte{9, 8, 7}, KeyErased: true, Host: "localhost", AssignedDeviceID: "dev-1", DPSOperationID: "4.x",
-		ErrorCode: "e", ErrorMessage: "m <&> é", Attempts: 3, NotBefore: ts, CreatedAt: ts,
+		ErrorCode: "e", ErrorMessage: "m <&> é", Attempts: 3, CreatedAt: ts,
 		UpdatedAt: ts.Add(time.Second), AssignedAt: ts.Add(2 * time.Second)}
 	tests := []struct {
 		name string
@@ -44,8 +45,7 @@ func TestOperationWireFormat(t *testing.T) {
 			"CertificatePEM":"-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n",
 			"CreatedAt":"2026-11-28T21:00:00.123Z","CreatedAt@odata.type":"Edm.DateTime","DPSOperationID":"4.x",
 			"ErrorCode":"e","ErrorMessage":"m <&> é","Host":"localhost","Identity":"sas:dev-1",
-			"KeyAlgorithm":"ecdsa-p256","KeyErased":true,"NotBefore":"2026-11-28T21:00:00.123Z",
-			"NotBefore@odata.type":"Edm.DateTime","PartitionKey":"dev-1","RowKey":"op-1","SealedKey":"CQgH",
+			"HasKey":true,"KeyAlgorithm":"ecdsa-p256","KeyErased":true,"PartitionKey":"dev-1","RowKey":"op-1","SealedKey":"CQgH",
 			"SealedKey@odata.type":"Edm.Binary","Status":"assigned","UpdatedAt":"2026-11-28T21:00:01.123Z",
 			"UpdatedAt@odata.type":"Edm.DateTime"}`},
 		{"ok/zero values left out", &Operation{ID: "op-2", DeviceID: "dev-2", Status: StatusQueued},

@@ -83,9 +83,10 @@ type operationEntity struct {
 	CSRType       string `json:"CSR@odata.type,omitempty"`
 	SealedKey     []byte `json:"SealedKey,omitempty"`
 	SealedKeyType string `json:"SealedKey@odata.type,omitempty"`
+	// HasKey is written while SealedKey is, so a purge can ask the service for the rows
+	// that still hold a key (a filter cannot test a property's presence). Never read back.
+	HasKey bool `json:"HasKey,omitempty"`
 
-	NotBefore      *edmDateTime `json:"NotBefore,omitempty"`
-	NotBeforeType  string       `json:"NotBefore@odata.type,omitempty"`
 	CreatedAt      *edmDateTime `json:"CreatedAt,omitempty"`
 	CreatedAtType  string       `json:"CreatedAt@odata.type,omitempty"`
 	UpdatedAt      *edmDateTime `json:"UpdatedAt,omitempty"`
@@ -159,9 +160,8 @@ func marshalOperation(op *Operation) ([]byte, error) {
 		Host: op.Host, AssignedDeviceID: op.AssignedDeviceID, DPSOperationID: op.DPSOperationID,
 		ErrorCode: op.ErrorCode, ErrorMessage: op.ErrorMessage,
 		CSR: op.CSR, CSRType: binaryType(op.CSR),
-		SealedKey: op.SealedKey, SealedKeyType: binaryType(op.SealedKey),
+		SealedKey: op.SealedKey, SealedKeyType: binaryType(op.SealedKey), HasKey: len(op.SealedKey) > 0,
 	}
-	e.NotBefore, e.NotBeforeType = dateTime(op.NotBefore)
 	e.CreatedAt, e.CreatedAtType = dateTime(op.CreatedAt)
 	e.UpdatedAt, e.UpdatedAtType = dateTime(op.UpdatedAt)
 	e.AssignedAt, e.AssignedAtType = dateTime(op.AssignedAt)
@@ -193,7 +193,6 @@ func unmarshalOperation(b []byte) (*Operation, error) {
 		ErrorCode:        e.ErrorCode,
 		ErrorMessage:     e.ErrorMessage,
 		Attempts:         int(e.Attempts),
-		NotBefore:        e.NotBefore.get(),
 		CreatedAt:        e.CreatedAt.get(),
 		UpdatedAt:        e.UpdatedAt.get(),
 		AssignedAt:       e.AssignedAt.get(),

@@ -87,7 +87,6 @@ type Operation struct {
 	ErrorCode        string
 	ErrorMessage     string
 	Attempts         int
-	NotBefore        time.Time // do not process before (throttling backoff); zero = now
 	CreatedAt        time.Time
 	UpdatedAt        time.Time
 	AssignedAt       time.Time
@@ -311,7 +310,7 @@ func (s *Store) replace(ctx context.Context, op *Operation) error {
 		return mapErr("update operation", err)
 	}
 	op.ETag = string(resp.ETag)
-	op.CreatedAt, op.UpdatedAt, op.AssignedAt, op.NotBefore = norm(op.CreatedAt), norm(op.UpdatedAt), norm(op.AssignedAt), norm(op.NotBefore)
+	op.CreatedAt, op.UpdatedAt, op.AssignedAt = norm(op.CreatedAt), norm(op.UpdatedAt), norm(op.AssignedAt)
 	return nil
 }
 
@@ -325,14 +324,7 @@ func (s *Store) replace(ctx context.Context, op *Operation) error {
 func (s *Store) Purge(ctx context.Context, now time.Time, keyRetention, opRetention time.Duration) (keysErased, opsDeleted int, err error) {
 	keyCutoff := now.Add(-keyRetention).UTC()
 	opCutoff := now.Add(-opRetention).UTC()
-	// Only rows with an old enough timestamp can qualify; let the service filter them so a
-	// large table is not shipped here on every timer tick.
-	latest := keyCutoff
-	if opCutoff.After(latest) {
-		latest = opCutoff
-	}
-	lit := "datetime'" + norm(latest).Format("2006-01-02T15:04:05.0000000Z") + "'"
-	filter := fmt.Sprintf("RowKey ne '%s' and (UpdatedAt lt %s or AssignedAt lt %s)", currentRowKey, lit, lit)
+	filter := purgeFilter(keyCutoff, opCutoff)
 	pager := s.ops.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter})
 	for pager.More() {
 		s.count()
@@ -374,6 +366,17 @@ func (s *Store) Purge(ctx context.Context, now time.Time, keyRetention, opRetent
 		}
 	}
 	return keysErased, opsDeleted, nil
+}
+
+// purgeFilter selects only the rows a purge acts on, so the service does the filtering
+// and a timer run does not ship the table here: operations idle past the operation
+// cutoff, and operations that still hold a key (HasKey, written only then) idle or ended
+// past the key cutoff. Without HasKey the key clause matched every operation between the
+// two retentions (1 to 30 days old by default), erased or keyless ones included.
+func purgeFilter(keyCutoff, opCutoff time.Time) string {
+	lit := func(t time.Time) string { return "datetime'" + norm(t).Format("2006-01-02T15:04:05.0000000Z") + "'" }
+	return fmt.Sprintf("RowKey ne '%s' and (UpdatedAt lt %s or (HasKey eq true and (AssignedAt lt %s or UpdatedAt lt %s)))",
+		currentRowKey, lit(opCutoff), lit(keyCutoff), lit(keyCutoff))
 }
 
 // Stalled returns at most limit in-flight operations (queued or issued) whose UpdatedAt is

@@ -58,7 +58,8 @@ func TestOperationLifecycle(t *testing.T) {
 
 	op := newOp(dev)
 	op.CSR = []byte{0x30, 0x82, 0x01, 0x00, 0xff}
-	op.NotBefore = time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.FixedZone("x", 3600))
+	// A time given in another zone is stored, and read back, as the same instant in UTC.
+	op.CreatedAt = time.Date(2030, 1, 2, 3, 4, 5, 678_000_000, time.FixedZone("x", 3600))
 	before := s.Transactions()
 	if err := s.CreateOperation(ctx, op, nil); err != nil {
 		t.Fatalf("CreateOperation: %v", err)
@@ -84,15 +85,15 @@ func TestOperationLifecycle(t *testing.T) {
 		t.Fatalf("GetOperation: %v", err)
 	}
 	// What was written reads back field for field; the read adds the ETag, and times come
-	// back in UTC (NotBefore's instant is checked below).
+	// back in UTC (CreatedAt's instant is checked below).
 	want := *op
-	want.ETag, want.NotBefore = got.ETag, got.NotBefore
+	want.ETag = got.ETag
 	if got.ETag == "" || fmt.Sprintf("%+v", *got) != fmt.Sprintf("%+v", want) {
 		t.Fatalf("GetOperation =\n%+v\nwant\n%+v", got, want)
 	}
 	op.ETag = got.ETag
-	if !got.NotBefore.Equal(time.Date(2030, 1, 2, 2, 4, 5, 678_000_000, time.UTC)) {
-		t.Errorf("NotBefore = %v, want the same instant in UTC", got.NotBefore)
+	if !got.CreatedAt.Equal(time.Date(2030, 1, 2, 2, 4, 5, 678_000_000, time.UTC)) || got.CreatedAt.Location() != time.UTC {
+		t.Errorf("CreatedAt = %v, want the same instant in UTC", got.CreatedAt)
 	}
 	if got.SealedKey != nil || got.KeyErased || got.AssignedAt.IsZero() == false {
 		t.Errorf("unset fields read back set: %+v", got)
@@ -385,6 +386,34 @@ func TestPurge(t *testing.T) {
 	clock = clock.Add(-3 * day)
 
 	keyRet, opRet := day, 30*day
+	// The service does the filtering: two days on, only the rows that still hold a key
+	// and are past the key cutoff come back (the in-flight one too; Purge skips it), not
+	// the keyless CSR operation nor the newer one.
+	filter := purgeFilter(clock.Add(2*day-keyRet), clock.Add(2*day-opRet))
+	listed := map[string]bool{}
+	for pager := s.ops.NewListEntitiesPager(&aztables.ListEntitiesOptions{Filter: &filter}); pager.More(); {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, raw := range page.Entities {
+			op, err := unmarshalOperation(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			listed[op.ID] = true
+		}
+	}
+	for _, op := range []*Operation{assigned, failed, queued, older} {
+		if !listed[op.ID] {
+			t.Errorf("purge filter left out %s/%s, which holds a key past the cutoff", op.DeviceID, op.ID)
+		}
+	}
+	for _, op := range []*Operation{csr, newer} {
+		if listed[op.ID] {
+			t.Errorf("purge filter listed %s/%s, which has nothing due", op.DeviceID, op.ID)
+		}
+	}
 	// Half a day later nothing is due.
 	if k, d, err := s.Purge(ctx, clock.Add(day/2), keyRet, opRet); err != nil || k != 0 || d != 0 {
 		t.Fatalf("Purge at +12h = %d, %d, %v; want 0, 0", k, d, err)
