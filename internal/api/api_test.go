@@ -91,6 +91,7 @@ func (f *fakeOps) CreateOperation(_ context.Context, op *store.Operation, prev *
 	}
 	f.n++
 	op.ETag = strconv.Itoa(f.n)
+	op.UpdatedAt = op.CreatedAt // as the store does (it writes now)
 	f.ops[op.DeviceID+"/"+op.ID] = *op
 	f.current[op.DeviceID] = store.Current{DeviceID: op.DeviceID, OperationID: op.ID, CreatedAt: op.CreatedAt, ETag: op.ETag}
 	return nil

@@ -42,6 +42,21 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		s.renderError(w, r, err)
 		return
 	}
+	var req registerRequest
+	if err := readJSON(w, r, &req); err != nil {
+		s.renderError(w, r, err)
+		return
+	}
+	var csrDER []byte
+	if req.CSR != "" {
+		csr, err := ca.ParseCSR([]byte(req.CSR))
+		if err != nil {
+			s.renderError(w, r, err)
+			return
+		}
+		csrDER = csr.Raw
+	}
+	// The device policy costs a table read: only for a request that is otherwise valid.
 	minInterval := s.MinInterval
 	if s.Policy != nil {
 		// Polls are not gated: a device disabled mid-flight can still collect what was
@@ -55,36 +70,14 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 			minInterval = adm.MinInterval
 		}
 	}
-	var req registerRequest
-	if _, err := readJSON(w, r, &req); err != nil {
-		s.renderError(w, r, err)
-		return
-	}
-	var csrDER []byte
-	if req.CSR != "" {
-		csr, err := ca.ParseCSR([]byte(req.CSR))
-		if err != nil {
-			s.renderError(w, r, err)
-			return
-		}
-		csrDER = csr.Raw
-	}
 	op, err := s.register(r.Context(), identity, deviceID, csrDER, minInterval)
 	if err != nil {
 		s.renderError(w, r, err)
 		return
 	}
 	w.Header().Set("Location", RegistrationsPath+op.ID)
-	setRetryAfter(w, s.pollInterval())
+	setRetryAfter(w, s.RetryAfter)
 	renderJSON(w, http.StatusAccepted, operationStatus{OperationID: op.ID, Status: statusAssigning})
-}
-
-// pollInterval is the Retry-After a device gets while its operation is in flight.
-func (s *Server) pollInterval() time.Duration {
-	if s.RetryAfter > 0 {
-		return s.RetryAfter
-	}
-	return retryAfterDefault
 }
 
 // register returns the device's in-flight operation, or creates, records and enqueues a
@@ -96,24 +89,8 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 	// inserts the device's link without reading first: one storage transaction instead of
 	// two. A device that has a link makes that insert fail, and carries on from the link
 	// as read after the conflict (a re-registration costs one transaction more).
-	var (
-		cur *store.Current
-		// curRead: cur stands for the link without reading it first — assumed absent on
-		// the first attempt, then as the store read it after a failed create.
-		curRead = true
-	)
+	var cur *store.Current
 	for attempt := 0; ; attempt++ {
-		if !curRead {
-			c, err := s.Ops.GetCurrent(ctx, deviceID)
-			switch {
-			case errors.Is(err, store.ErrNotFound):
-				c = nil
-			case err != nil:
-				return nil, unavailable(err)
-			}
-			cur = c
-		}
-		curRead = false
 		if cur != nil {
 			prev, err := s.Ops.GetOperation(ctx, deviceID, cur.OperationID)
 			switch {
@@ -143,14 +120,21 @@ func (s *Server) register(ctx context.Context, identity auth.Identity, deviceID 
 			Status:    store.StatusQueued,
 			CSR:       csrDER,
 			CreatedAt: now,
-			UpdatedAt: now,
 		}
 		err := s.Ops.CreateOperation(ctx, op, cur)
 		if errors.Is(err, store.ErrConflict) && attempt < raceRetries {
-			// The device has a link, or another register of it won: go by the link.
+			// The device has a link, or another register of it won: go by the link, as
+			// the store read it checking the conflict, or read it now.
 			var ce *store.ConflictError
 			if errors.As(err, &ce) {
-				cur, curRead = ce.Current, true
+				cur = ce.Current
+				continue
+			}
+			switch cur, err = s.Ops.GetCurrent(ctx, deviceID); {
+			case errors.Is(err, store.ErrNotFound):
+				cur = nil
+			case err != nil:
+				return nil, unavailable(err)
 			}
 			continue
 		}
@@ -202,11 +186,3 @@ func (s *Server) abandon(ctx context.Context, log *slog.Logger, created *store.O
 		log.Error("register: could not mark unqueued operation failed", "operationId", op.ID, "err", err)
 	}
 }
-
-// retryAfterDefault is used when the server is built without a RetryAfter (the handler
-// sets it from IOTPROV_POLL_INTERVAL, whose default is the same). It covers
-// the usual time to assignment (queue pickup, DPS's register and its first status poll
-// about 1 s later: service latency p50 ≈ 1.2 s under a 100 devices/s load), so a
-// device's first poll mostly finds its credentials; every extra poll is a storage read
-// and a request to serve, and a shorter wait would mostly add polls (docs/benchmarks.md).
-const retryAfterDefault = 2 * time.Second

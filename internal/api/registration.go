@@ -67,7 +67,7 @@ func (s *Server) handleRegistration(w http.ResponseWriter, r *http.Request) {
 		renderJSON(w, http.StatusOK, failedResponse{OperationID: op.ID, Status: string(store.StatusFailed),
 			Error: errorDetail{Code: op.ErrorCode, Message: op.ErrorMessage}})
 	default:
-		setRetryAfter(w, s.pollInterval())
+		setRetryAfter(w, s.RetryAfter)
 		renderJSON(w, http.StatusAccepted, operationStatus{OperationID: op.ID, Status: statusAssigning})
 	}
 }

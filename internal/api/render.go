@@ -62,42 +62,42 @@ func setRetryAfter(w http.ResponseWriter, d time.Duration) {
 	w.Header().Set("Retry-After", pause.FormatRetryAfter(d))
 }
 
-// readJSON reads an optional JSON object body into v. It reports whether a body was
-// present. Limits, media type and syntax errors are *errcode.Error.
-func readJSON(w http.ResponseWriter, r *http.Request, v any) (bool, error) {
+// readJSON reads an optional JSON object body into v (an empty body leaves v as it is).
+// Limits, media type and syntax errors are *errcode.Error.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if r.ContentLength > maxBodyBytes {
-		return false, errcode.New(http.StatusRequestEntityTooLarge, errcode.CodeBodyTooLarge,
+		return errcode.New(http.StatusRequestEntityTooLarge, errcode.CodeBodyTooLarge,
 			"The request body is larger than 16 KiB.")
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return false, errcode.New(http.StatusRequestEntityTooLarge, errcode.CodeBodyTooLarge,
+			return errcode.New(http.StatusRequestEntityTooLarge, errcode.CodeBodyTooLarge,
 				"The request body is larger than 16 KiB.")
 		}
-		return false, errcode.Wrap(err, http.StatusBadRequest, errcode.CodeBadRequest, "The request body could not be read.")
+		return errcode.Wrap(err, http.StatusBadRequest, errcode.CodeBadRequest, "The request body could not be read.")
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
-		return false, nil
+		return nil
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return false, errcode.New(http.StatusUnsupportedMediaType, errcode.CodeUnsupportedMedia,
+			return errcode.New(http.StatusUnsupportedMediaType, errcode.CodeUnsupportedMedia,
 				"The request body must be application/json.")
 		}
 	}
 	dec := json.NewDecoder(strings.NewReader(string(body)))
 	if err := dec.Decode(v); err != nil {
-		return false, errcode.Wrap(err, http.StatusBadRequest, errcode.CodeMalformedJSON,
+		return errcode.Wrap(err, http.StatusBadRequest, errcode.CodeMalformedJSON,
 			"The request body is not a valid JSON object.")
 	}
 	if dec.More() {
-		return false, errcode.New(http.StatusBadRequest, errcode.CodeMalformedJSON,
+		return errcode.New(http.StatusBadRequest, errcode.CodeMalformedJSON,
 			"The request body must hold exactly one JSON object.")
 	}
-	return true, nil
+	return nil
 }
 
 // methodNotAllowed answers 405 with the Allow header.

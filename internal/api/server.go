@@ -72,7 +72,7 @@ type Server struct {
 	Keys        KeyOpener
 	RootCAPEM   string        // rootCaCertificate handed to devices
 	MinInterval time.Duration // between two new registrations of one device
-	RetryAfter  time.Duration // what a device is told to wait between polls
+	RetryAfter  time.Duration // what a device is told to wait between polls (IOTPROV_POLL_INTERVAL)
 	Now         func() time.Time
 	NewID       func() string // operation IDs; random and unguessable
 	Log         *slog.Logger

@@ -68,7 +68,6 @@ const (
 	CodeMethodNotAllowed  = "method_not_allowed"
 	CodeNotFound          = "not_found"
 	CodeOperationNotFound = "operation_not_found"
-	CodeUnauthorized      = "unauthorized"
 	CodeMissingCredential = "missing_credential"
 	CodeInvalidCredential = "invalid_credential"
 	CodeExpiredCredential = "expired_credential"
