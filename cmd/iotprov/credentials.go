@@ -21,6 +21,7 @@ import (
 	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/policy"
 	"github.com/iotprov/iotprov/internal/storageconn"
+	"github.com/iotprov/iotprov/internal/store"
 )
 
 func beam(e *env, args []string) error {
@@ -223,11 +224,11 @@ func openDevicePolicy(ctx context.Context, connectionString string) (*policy.Tab
 	if err != nil {
 		return nil, err
 	}
-	tbl := policy.NewTable(tables)
-	if err := tbl.Ensure(ctx); err != nil {
+	// The handler creates its tables at start; the CLI may run before it ever did.
+	if err := store.New(tables).EnsureTables(ctx); err != nil {
 		return nil, err
 	}
-	return tbl, nil
+	return policy.NewTable(tables), nil
 }
 
 func devicesAdd(e *env, args []string) error {

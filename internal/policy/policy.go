@@ -18,11 +18,10 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/data/aztables"
 
+	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/errcode"
+	"github.com/iotprov/iotprov/internal/store"
 )
-
-// TableName is the devices table (store.EnsureTables creates it).
-const TableName = "devices"
 
 // rowKey is the one row per device partition; the partition leaves room for more rows
 // (e.g. per-method bindings) without a migration.
@@ -107,23 +106,12 @@ var _ Devices = (*Table)(nil)
 
 // NewTable returns the devices table of a Tables service.
 func NewTable(svc *aztables.ServiceClient) *Table {
-	return &Table{client: svc.NewClient(TableName)}
-}
-
-// Ensure creates the table if missing (the CLI may run before the handler ever did).
-func (t *Table) Ensure(ctx context.Context) error {
-	t.transactions.Add(1)
-	_, err := t.client.CreateTable(ctx, nil)
-	var re *azcore.ResponseError
-	if err != nil && !(errors.As(err, &re) && re.ErrorCode == string(aztables.TableAlreadyExists)) {
-		return fmt.Errorf("policy: create table: %w", err)
-	}
-	return nil
+	return &Table{client: svc.NewClient(store.DevicesTable)}
 }
 
 // Get returns the device's entry or ErrNotFound.
 func (t *Table) Get(ctx context.Context, deviceID string) (*Device, error) {
-	if !validKey(deviceID) {
+	if !auth.ValidRegistrationID(deviceID) {
 		return nil, ErrNotFound
 	}
 	t.transactions.Add(1)
@@ -140,7 +128,7 @@ func (t *Table) Get(ctx context.Context, deviceID string) (*Device, error) {
 
 // Put writes the device's entry (insert or replace).
 func (t *Table) Put(ctx context.Context, d *Device) error {
-	if !validKey(d.DeviceID) {
+	if !auth.ValidRegistrationID(d.DeviceID) {
 		return fmt.Errorf("policy: %q is not a usable device ID", d.DeviceID)
 	}
 	d.UpdatedAt = time.Now().UTC().Truncate(time.Millisecond)
@@ -206,19 +194,4 @@ func decode(raw []byte) (*Device, error) {
 		d.UpdatedAt = time.Time(t)
 	}
 	return d, nil
-}
-
-// validKey keeps IDs that cannot be table keys (or are absurdly long) away from storage;
-// device IDs that pass auth's rules always pass this.
-func validKey(k string) bool {
-	if k == "" || len(k) > 256 {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		switch c := k[i]; {
-		case c < 0x20 || c == 0x7f, c == '/', c == '\\', c == '#', c == '?':
-			return false
-		}
-	}
-	return true
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/iotprov/iotprov/internal/errcode"
 	"github.com/iotprov/iotprov/internal/storageconn"
+	"github.com/iotprov/iotprov/internal/store"
 	"github.com/iotprov/iotprov/internal/testenv"
 )
 
@@ -89,11 +90,8 @@ func TestTableAzurite(t *testing.T) {
 		t.Fatal(err)
 	}
 	tbl := NewTable(svc)
-	if err := tbl.Ensure(ctx); err != nil {
+	if err := store.New(svc).EnsureTables(ctx); err != nil {
 		t.Fatal(err)
-	}
-	if err := tbl.Ensure(ctx); err != nil {
-		t.Fatalf("Ensure again: %v", err)
 	}
 	a, b := "dev-a-"+uuid.NewString()[:8], "dev-b-"+uuid.NewString()[:8]
 	if _, err := tbl.Get(ctx, a); !errors.Is(err, ErrNotFound) {
