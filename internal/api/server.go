@@ -100,8 +100,7 @@ func (s *Server) now() time.Time {
 // unavailable is the answer when storage or the queue cannot be reached: the device
 // retries later and nothing it sent is half-recorded.
 func unavailable(cause error) error {
-	return errcode.Wrap(cause, http.StatusServiceUnavailable, errcode.CodeUnavailable,
-		"The service is temporarily unavailable; retry later.").WithRetryAfter(5 * time.Second)
+	return errcode.Unavailable(cause, "The service is temporarily unavailable; retry later.")
 }
 
 // authenticate runs the authenticators and maps the identity to its device ID.

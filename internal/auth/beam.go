@@ -288,8 +288,8 @@ func (b *Beam) Authenticate(ctx context.Context, r *http.Request) (Identity, err
 	psk, err := b.psk(ctx)
 	switch {
 	case err != nil:
-		return Identity{}, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
-			"The service cannot verify credentials right now; retry later.").WithRetryAfter(keyLookupRetryAfter)
+		return Identity{}, errcode.Unavailable(err,
+			"The service cannot verify credentials right now; retry later.")
 	case len(psk) == 0:
 		return Identity{}, errcode.Wrap(errors.New("auth: empty Beam PSK"), http.StatusInternalServerError,
 			errcode.CodeInternal, "The service could not complete the request.")

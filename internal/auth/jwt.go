@@ -252,8 +252,8 @@ func (j *JWT) keys(ctx context.Context) ([]VerificationKey, error) {
 	}
 	raw, err := j.cfg.Keys(ctx)
 	if err != nil {
-		return nil, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
-			"The service cannot verify credentials right now; retry later.").WithRetryAfter(keyLookupRetryAfter)
+		return nil, errcode.Unavailable(err,
+			"The service cannot verify credentials right now; retry later.")
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()

@@ -25,9 +25,6 @@ const dpsDefaultKeyName = "registration"
 
 const (
 	defaultSASMaxTTL = 24 * time.Hour
-	// keyLookupRetryAfter is how long a device should wait when the key store (Key Vault)
-	// did not answer: long enough not to hammer it, short enough for a device loop.
-	keyLookupRetryAfter = 5 * time.Second
 	// maxSASHeader bounds the work done on an untrusted header; real tokens are ~200 bytes.
 	maxSASHeader = 4096
 )
@@ -124,8 +121,8 @@ func (s *SAS) Authenticate(ctx context.Context, r *http.Request) (Identity, erro
 		return Identity{}, errcode.Wrap(err, http.StatusUnauthorized, CodeUnknownKeyGroup,
 			"The key group named by skn is not configured.")
 	case err != nil:
-		return Identity{}, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
-			"The service cannot verify credentials right now; retry later.").WithRetryAfter(keyLookupRetryAfter)
+		return Identity{}, errcode.Unavailable(err,
+			"The service cannot verify credentials right now; retry later.")
 	case len(groupKey) == 0:
 		// An empty HMAC key would let anyone compute valid signatures: refuse it loudly.
 		return Identity{}, errcode.Wrap(errors.New("auth: empty SAS group key"), http.StatusInternalServerError,

@@ -187,8 +187,8 @@ func (a *X509) rootPool(ctx context.Context) (*x509.CertPool, error) {
 	}
 	raw, err := a.cfg.Roots(ctx)
 	if err != nil {
-		return nil, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
-			"The service cannot verify credentials right now; retry later.").WithRetryAfter(keyLookupRetryAfter)
+		return nil, errcode.Unavailable(err,
+			"The service cannot verify credentials right now; retry later.")
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

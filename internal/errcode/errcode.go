@@ -46,6 +46,17 @@ func (e *Error) WithRetryAfter(d time.Duration) *Error {
 	return &c
 }
 
+// UnavailableRetryAfter is how long a device is told to wait when a dependency (storage,
+// the queue, Key Vault) is down: long enough not to hammer it, short enough for a device
+// loop.
+const UnavailableRetryAfter = 5 * time.Second
+
+// Unavailable is the 503 for a dependency that is down: service_unavailable with
+// Retry-After, message for the device, cause kept for the log. Nothing was half-done.
+func Unavailable(cause error, message string) *Error {
+	return Wrap(cause, http.StatusServiceUnavailable, CodeUnavailable, message).WithRetryAfter(UnavailableRetryAfter)
+}
+
 // As returns the *Error in err's chain, or an internal_error that hides err.
 func As(err error) *Error {
 	var e *Error

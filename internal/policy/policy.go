@@ -84,8 +84,7 @@ func (p *Policy) Admit(ctx context.Context, deviceID string) (Admission, error) 
 		}
 		return Admission{}, nil
 	case err != nil:
-		return Admission{}, errcode.Wrap(err, http.StatusServiceUnavailable, errcode.CodeUnavailable,
-			"The service is temporarily unavailable; retry later.").WithRetryAfter(5 * time.Second)
+		return Admission{}, errcode.Unavailable(err, "The service is temporarily unavailable; retry later.")
 	case d.Disabled:
 		return Admission{}, errcode.New(http.StatusForbidden, errcode.CodeDeviceDisabled,
 			"This device is disabled by the operator.")

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -290,9 +289,7 @@ func (q *Queue) MoveToPoison(ctx context.Context, r Received) error {
 }
 
 func unavailable(what string, err error) error {
-	return errcode.Wrap(fmt.Errorf("queue: %s: %w", what, err), http.StatusServiceUnavailable,
-		errcode.CodeUnavailable, "The service is temporarily unavailable; try again later.").
-		WithRetryAfter(5 * time.Second)
+	return errcode.Unavailable(fmt.Errorf("queue: %s: %w", what, err), "The service is temporarily unavailable; try again later.")
 }
 
 func deref(p *string) string {

@@ -542,9 +542,7 @@ func mapErr(what string, err error) error {
 }
 
 func unavailable(what string, err error) error {
-	return errcode.Wrap(fmt.Errorf("store: %s: %w", what, err), http.StatusServiceUnavailable,
-		errcode.CodeUnavailable, "The service is temporarily unavailable; try again later.").
-		WithRetryAfter(5 * time.Second)
+	return errcode.Unavailable(fmt.Errorf("store: %s: %w", what, err), "The service is temporarily unavailable; try again later.")
 }
 
 // hasCode reports whether err is a storage response error with one of codes. A failed
