@@ -94,6 +94,10 @@ func (o *outcome) count(status int) {
 	}
 }
 
+// errStillInFlight is the outcome of a device the scenario's deadline stopped: pending,
+// not failed (runLoad counts it so).
+const errStillInFlight = "deadline: still in flight when the scenario ended"
+
 // errCode names why a device stopped, short enough to count in the report: an error
 // answer by its step, status and code; a transport failure by what the transport said.
 func errCode(ctx context.Context, registered bool, err error) string {
@@ -107,7 +111,7 @@ func errCode(ctx context.Context, registered bool, err error) string {
 	)
 	switch {
 	case ctx.Err() != nil:
-		return "deadline: still in flight when the scenario ended"
+		return errStillInFlight
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
 	case errors.As(err, &ae):

@@ -106,7 +106,7 @@ launch:
 		res.Throttled += o.Throttled
 		res.Unavailable += o.Unavailable
 		switch {
-		case o.DeviceID == "" || o.Err == "deadline: still in flight when the scenario ended":
+		case o.DeviceID == "" || o.Err == errStillInFlight:
 			res.Pending++
 		case o.Err != "":
 			res.Failed++

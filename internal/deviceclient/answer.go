@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/iotprov/iotprov/internal/pause"
 )
@@ -172,15 +173,13 @@ func clean(s string, n int) string {
 	}, s)
 	if len(s) > n {
 		cut := n
-		for cut > 0 && !utf8RuneStart(s[cut]) {
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
 			cut--
 		}
 		s = s[:cut] + "…"
 	}
 	return s
 }
-
-func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
 
 // validOperationID accepts what the service makes (UUIDs) and the same alphabet, so the ID
 // is safe in a URL path and in a shell assignment.
