@@ -51,11 +51,10 @@ type Stack struct {
 	Material Material
 	BaseURL  string
 
-	mu      sync.Mutex
-	procs   map[string]*exec.Cmd
-	exited  map[string]chan struct{}
-	output  map[string]*outputLog
-	stopped bool
+	mu     sync.Mutex
+	procs  map[string]*exec.Cmd
+	exited map[string]chan struct{}
+	output map[string]*outputLog
 }
 
 // Start makes the dev material and starts every process, returning once each answers.
@@ -211,23 +210,41 @@ func (s *Stack) StartHandler(ctx context.Context) error {
 	if err := s.spawn("handler", filepath.Join(s.opts.BinDir, "handler"), nil, env); err != nil {
 		return err
 	}
+	// Each probe is bounded and tied to ctx: a handler that accepts the connection but
+	// never answers must neither hang past startTimeout nor outlive a cancelled ctx.
+	client := &http.Client{Timeout: healthProbeTimeout}
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
 		if s.hasExited("handler") {
 			return errors.New("the handler exited at start; its log above says why")
 		}
-		res, err := http.Get(s.BaseURL + "/healthz")
-		if err == nil {
-			res.Body.Close()
-			if res.StatusCode == http.StatusOK {
-				return nil
-			}
+		if s.healthy(ctx, client) {
+			return nil
 		}
 		if err := pause.For(ctx, 50*time.Millisecond); err != nil {
 			return err
 		}
 	}
 	return fmt.Errorf("the handler did not answer /healthz within %s", startTimeout)
+}
+
+// healthProbeTimeout bounds one /healthz probe; a ready handler answers in milliseconds.
+const healthProbeTimeout = time.Second
+
+// healthy reports whether the handler answers /healthz with 200 within the client's timeout.
+func (s *Stack) healthy(ctx context.Context, client *http.Client) bool {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.BaseURL+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	res, err := client.Do(req)
+	if err != nil {
+		return false
+	}
+	// Drain so the connection is reused by the next probe rather than left half-read.
+	_, _ = io.Copy(io.Discard, io.LimitReader(res.Body, 64<<10))
+	res.Body.Close()
+	return res.StatusCode == http.StatusOK
 }
 
 // KillHandler kills the handler with SIGKILL, as a crash would (fault tests): nothing
@@ -261,9 +278,6 @@ func (o *outputLog) String() string {
 
 // Stop stops every process, the handler first so it drains before storage goes away.
 func (s *Stack) Stop() {
-	s.mu.Lock()
-	s.stopped = true
-	s.mu.Unlock()
 	for _, name := range []string{"handler", "mosquitto", "dpsemu", "azurite"} {
 		s.kill(name, syscall.SIGTERM)
 	}

@@ -80,7 +80,7 @@ func Azurite(t testing.TB) string {
 	shared.Lock()
 	defer shared.Unlock()
 	if shared.proc == nil {
-		p, err := start("", 0, 0)
+		p, err := start("")
 		if err != nil {
 			t.Fatalf("testenv: %v", err)
 		}
@@ -105,12 +105,11 @@ type AzuriteProcess struct {
 	ConnectionString string
 	Dir              string // data location; "" when in memory
 
-	queuePort, tablePort int
+	queuePort, tablePort int // 0 before the first launch (Azurite picks); then kept for Restart
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has been waited for
-	logs *tailBuffer
 }
 
 // StartAzurite starts an Azurite of its own for t, in memory when dir is "", else keeping
@@ -122,7 +121,7 @@ func StartAzurite(t testing.TB, dir string) *AzuriteProcess {
 	if testing.Short() {
 		t.Skip("skipping: needs Azurite (not run with -short)")
 	}
-	p, err := start(dir, 0, 0)
+	p, err := start(dir)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
@@ -172,10 +171,11 @@ func (p *AzuriteProcess) Restart(t testing.TB) {
 	t.Fatalf("testenv: restart azurite: %v", err)
 }
 
-// start launches Azurite. Ports 0 let Azurite pick free ports itself (it prints the ports
-// it listens on), which avoids the race of choosing a free port and binding it later.
-func start(dir string, queuePort, tablePort int) (*AzuriteProcess, error) {
-	p := &AzuriteProcess{Dir: dir, queuePort: queuePort, tablePort: tablePort}
+// start launches Azurite on ports it picks itself (the zero queuePort and tablePort: it
+// prints the ports it listens on), which avoids the race of choosing a free port and
+// binding it later. Restart reuses the ports found here.
+func start(dir string) (*AzuriteProcess, error) {
+	p := &AzuriteProcess{Dir: dir}
 	if err := p.launch(); err != nil {
 		return nil, err
 	}
@@ -269,7 +269,7 @@ func (p *AzuriteProcess) launch() error {
 			return fmt.Errorf("azurite port %d: %w", port, err)
 		}
 	}
-	p.cmd, p.done, p.logs = cmd, done, logs
+	p.cmd, p.done = cmd, done
 	p.ConnectionString = ConnectionString(p.queuePort, p.tablePort)
 	return nil
 }

@@ -43,7 +43,7 @@ func TestFreePort(t *testing.T) {
 
 func TestAzuriteNotFound(t *testing.T) {
 	t.Setenv(EnvAzuriteBin, filepath.Join(t.TempDir(), "no-azurite"))
-	_, err := start("", 0, 0)
+	_, err := start("")
 	if err == nil || !strings.Contains(err.Error(), "npm install") {
 		t.Fatalf("err = %v, want one that says how to install azurite", err)
 	}

@@ -6,9 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -27,27 +24,13 @@ func TestAuthMethods(t *testing.T) {
 		"IOTPROV_TLS_LISTEN_ADDR": fmt.Sprintf("127.0.0.1:%d", tlsPort),
 		"IOTPROV_DEVICE_POLICY":   "open",
 	}})
-	cli := filepath.Join(os.Getenv("E2E_BIN"), "iotprov")
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(cli, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("iotprov %v: %v\n%s", args, err, out)
-		}
-		return strings.TrimSpace(string(out))
-	}
 	pool, err := s.TrustPool()
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	t.Run("ok/beam", func(t *testing.T) {
-		var hdr = map[string]string{}
-		for _, line := range strings.Split(run("beam", "--psk-file", s.Material.SecretFile(devstack.SecretBeamPSK),
-			"--imsi", "295000012345678", "--imei", "860000012345678"), "\n") {
-			k, v, _ := strings.Cut(strings.TrimPrefix(line, "-H "), ":")
-			hdr[k] = v
-		}
+		hdr := stackCLI(t, s).beam("295000012345678").header
 		d := &flowDevice{t: t, base: s.BaseURL, client: http.DefaultClient, headers: hdr}
 		res := d.flow()
 		verifyDeviceChain(t, s, []byte(res["certificate"].(string)), "295000012345678")
@@ -61,12 +44,13 @@ func TestAuthMethods(t *testing.T) {
 	})
 
 	t.Run("ok/jwt", func(t *testing.T) {
-		tok := run("jwt", "--key-file", s.Material.JWTSigningKeyFile(), "--sub", "jwt-device-1")
+		cli := stackCLI(t, s)
+		tok := cli.jwtToken("jwt-device-1")
 		d := &flowDevice{t: t, base: s.BaseURL, client: http.DefaultClient, headers: map[string]string{"Authorization": tok}}
 		res := d.flow()
 		verifyDeviceChain(t, s, []byte(res["certificate"].(string)), "jwt-device-1")
 		// Another audience is refused.
-		bad := run("jwt", "--key-file", s.Material.JWTSigningKeyFile(), "--sub", "jwt-device-2", "--aud", "someone-else")
+		bad := cli.jwtToken("jwt-device-2", "--aud", "someone-else")
 		d.headers["Authorization"] = bad
 		if code, body := d.post(); code != 401 || errorCode(body) != "invalid_credential" {
 			t.Errorf("wrong audience: %d %v", code, body)
@@ -74,14 +58,7 @@ func TestAuthMethods(t *testing.T) {
 	})
 
 	t.Run("ok/x509", func(t *testing.T) {
-		work := t.TempDir()
-		certFile, keyFile := filepath.Join(work, "boot.pem"), filepath.Join(work, "boot-key.pem")
-		run("bootstrap-cert", "--ca-file", s.Material.ManufacturerCAFile(), "--cn", "factory-0001",
-			"--out-cert", certFile, "--out-key", keyFile)
-		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cert := stackCLI(t, s).bootstrapCert("factory-0001")
 		client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{
 			RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}}}
 		d := &flowDevice{t: t, base: fmt.Sprintf("https://127.0.0.1:%d", tlsPort), client: client}
@@ -103,17 +80,17 @@ func TestAuthMethods(t *testing.T) {
 	})
 
 	t.Run("fail/disabled-device", func(t *testing.T) {
-		storage := stackStorage(t, s)
-		run("devices", "disable", "--connection-string", storage, "--id", "blocked-1")
-		if !strings.Contains(run("devices", "list", "--connection-string", storage), "blocked-1") {
+		cli := stackCLI(t, s)
+		cli.device("disable", "blocked-1")
+		if !strings.Contains(cli.run("devices", "list", "--connection-string", stackStorage(t, s)), "blocked-1") {
 			t.Fatal("devices list does not show blocked-1")
 		}
-		tok := run("jwt", "--key-file", s.Material.JWTSigningKeyFile(), "--sub", "blocked-1")
+		tok := cli.jwtToken("blocked-1")
 		d := &flowDevice{t: t, base: s.BaseURL, client: http.DefaultClient, headers: map[string]string{"Authorization": tok}}
 		if code, body := d.post(); code != 403 || errorCode(body) != "device_disabled" {
 			t.Fatalf("disabled device: %d %v", code, body)
 		}
-		run("devices", "enable", "--connection-string", storage, "--id", "blocked-1")
+		cli.device("enable", "blocked-1")
 		if res := d.flow(); res["deviceId"] != "blocked-1" {
 			t.Fatalf("re-enabled device: %v", res)
 		}

@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -20,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/iotprov/iotprov/internal/auth"
 	"github.com/iotprov/iotprov/internal/deviceclient"
 	"github.com/iotprov/iotprov/internal/devstack"
 	"github.com/iotprov/iotprov/internal/testenv"
@@ -188,13 +186,8 @@ type device struct {
 }
 
 func newDevice(t *testing.T, s *devstack.Stack, id string) *device {
-	b, err := os.ReadFile(s.Material.SecretFile(devstack.SecretSASGroupKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	group := decodeB64(t, strings.TrimSpace(string(b)))
-	key := auth.DeriveDeviceKey(group, id)
-	return &device{t: t, base: s.BaseURL, auth: auth.NewSASToken(key, id, time.Now().Add(time.Hour).Unix(), "registration")}
+	t.Helper()
+	return &device{t: t, base: s.BaseURL, auth: newSASKit(t, s).authorization(id)}
 }
 
 func (d *device) do(method, path, contentType string, body io.Reader, hdr map[string]string) (*http.Response, map[string]any) {
@@ -339,16 +332,9 @@ func TestDeviceAPI(t *testing.T) {
 func expectError(t *testing.T, res *http.Response, body map[string]any, status int, code string) {
 	t.Helper()
 	e, _ := body["error"].(map[string]any)
-	if res.StatusCode != status || e == nil || e["code"] != code || e["message"] == "" {
+	// A missing message is nil in e, not "": read it as a string so absent and empty both fail.
+	msg, _ := e["message"].(string)
+	if res.StatusCode != status || e == nil || e["code"] != code || msg == "" {
 		t.Errorf("got %d %v, want %d with error code %q", res.StatusCode, body, status, code)
 	}
-}
-
-func decodeB64(t *testing.T, s string) []byte {
-	t.Helper()
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

@@ -14,8 +14,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -281,12 +279,9 @@ func sasFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 	if err := checkCredential(s, d); err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(s.Material.SecretFile(devstack.SecretSASGroupKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	deviceKey := auth.DeriveDeviceKey(decodeB64(t, strings.TrimSpace(string(b))), d.id)
-	expired := auth.NewSASToken(deviceKey, d.id, time.Now().Add(-time.Hour).Unix(), "registration")
+	sas := newSASKit(t, s)
+	deviceKey := sas.deviceKey(d.id)
+	expired := sas.token(d.id, time.Now().Add(-time.Hour), "registration")["Authorization"]
 	forged := strings.Replace(d.auth, "sig=", "sig=AAAA", 1)
 	// The sample enables every method: one challenge each, in the configured order.
 	var want []string
@@ -324,16 +319,6 @@ func sasFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 // methodChallenges is the WWW-Authenticate challenge each method sends (internal/auth).
 var methodChallenges = map[string]string{
 	"sas": "SharedAccessSignature", "beam": "SoracomBeam", "jwt": "Bearer", "x509": "ClientCertificate",
-}
-
-// hygieneCLI runs the iotprov CLI startStack built, as an operator mints credentials.
-func hygieneCLI(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(filepath.Join(os.Getenv("E2E_BIN"), "iotprov"), args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("iotprov %v: %v\n%s", args, err, out)
-	}
-	return strings.TrimSpace(string(out))
 }
 
 // hygieneRefused sends a register request that must be refused with 401 code and exactly
@@ -383,12 +368,7 @@ func issuedKeySecrets(t *testing.T, res map[string]any) []secret {
 // the PSK and every signature.
 func beamFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 	const imsi = "295000012345670"
-	pskFile := s.Material.SecretFile(devstack.SecretBeamPSK)
-	hdr := map[string]string{}
-	for _, line := range strings.Split(hygieneCLI(t, "beam", "--psk-file", pskFile, "--imsi", imsi, "--imei", "860000012345678"), "\n") {
-		k, v, _ := strings.Cut(strings.TrimPrefix(line, "-H "), ":")
-		hdr[k] = v
-	}
+	hdr := stackCLI(t, s).beam(imsi).header
 	sig := hdr[auth.BeamHeaderSignature]
 	if len(sig) != 64 {
 		t.Fatalf("iotprov beam printed no signature: %v", hdr)
@@ -409,7 +389,7 @@ func beamFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 	bad[auth.BeamHeaderIMSI] = "295000012345679"
 	hygieneRefused(t, http.DefaultClient, s.BaseURL, bad, "invalid_credential", "SoracomBeam")
 
-	psk, err := os.ReadFile(pskFile)
+	psk, err := os.ReadFile(s.Material.SecretFile(devstack.SecretBeamPSK))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,14 +407,14 @@ func beamFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 // returns every token and signature; the signing key is in stackSecrets.
 func jwtFlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 	const sub = "hygiene-jwt-1"
-	keyFile := s.Material.JWTSigningKeyFile()
-	good := hygieneCLI(t, "jwt", "--key-file", keyFile, "--sub", sub)
+	cli := stackCLI(t, s)
+	good := cli.jwtToken(sub)
 	d := &flowDevice{t: t, base: s.BaseURL, client: http.DefaultClient, headers: map[string]string{"Authorization": good}}
 	res := d.flow()
 	verifyDeviceChain(t, s, []byte(res["certificate"].(string)), sub)
 
-	otherAud := hygieneCLI(t, "jwt", "--key-file", keyFile, "--sub", sub, "--aud", "someone-else")
-	expired := hygieneCLI(t, "jwt", "--key-file", keyFile, "--sub", sub, "--ttl", "-1h")
+	otherAud := cli.jwtToken(sub, "--aud", "someone-else")
+	expired := cli.jwtToken(sub, "--ttl", "-1h")
 	// The claims of the expired token under the good token's signature.
 	parts := strings.Split(strings.TrimPrefix(good, "Bearer "), ".")
 	expParts := strings.Split(strings.TrimPrefix(expired, "Bearer "), ".")
@@ -472,10 +452,8 @@ func x509FlowSecrets(t *testing.T, s *devstack.Stack) []secret {
 	if addr == "" {
 		t.Fatal("the stack has no TLS listener")
 	}
-	work := t.TempDir()
-	certFile, keyFile := filepath.Join(work, "boot.pem"), filepath.Join(work, "boot-key.pem")
-	hygieneCLI(t, "bootstrap-cert", "--ca-file", s.Material.ManufacturerCAFile(), "--cn", cn,
-		"--out-cert", certFile, "--out-key", keyFile)
+	// The files, not only the loaded pair: the key as written is what must not be logged.
+	certFile, keyFile := stackCLI(t, s).bootstrapCertFiles(cn)
 	boot, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

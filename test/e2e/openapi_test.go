@@ -35,7 +35,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -364,27 +363,6 @@ func presentCredential(_ context.Context, in *openapi3filter.AuthenticationInput
 	return fmt.Errorf("security scheme %q of type %q is not understood by this test", in.SecuritySchemeName, s.Type)
 }
 
-// sasKit makes SAS credentials from the stack's default group key.
-type sasKit struct{ groupKey []byte }
-
-func newSASKit(t *testing.T, s *devstack.Stack) sasKit {
-	t.Helper()
-	b, err := os.ReadFile(s.Material.SecretFile(devstack.SecretSASGroupKey))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sasKit{groupKey: decodeB64(t, strings.TrimSpace(string(b)))}
-}
-
-func (k sasKit) token(id string, expiry time.Time, skn string) map[string]string {
-	key := auth.DeriveDeviceKey(k.groupKey, id)
-	return map[string]string{"Authorization": auth.NewSASToken(key, id, expiry.Unix(), skn)}
-}
-
-func (k sasKit) valid(id string) map[string]string {
-	return k.token(id, time.Now().Add(time.Hour), "registration")
-}
-
 func withJSON(h map[string]string) map[string]string {
 	out := map[string]string{"Content-Type": "application/json"}
 	for k, v := range h {
@@ -438,74 +416,6 @@ func (cr credential) with(name, value string) credential {
 	h[name] = value
 	cr.header = h
 	return cr
-}
-
-// cliCredentials mints credentials with the iotprov CLI, as an operator would.
-type cliCredentials struct {
-	t   *testing.T
-	bin string
-	s   *devstack.Stack
-}
-
-func (k cliCredentials) run(args ...string) string {
-	k.t.Helper()
-	out, err := exec.Command(k.bin, args...).CombinedOutput()
-	if err != nil {
-		k.t.Fatalf("iotprov %s: %v\n%s", args[0], err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// beam returns SORACOM Beam signed headers for an IMSI, signed now.
-func (k cliCredentials) beam(imsi string) credential {
-	k.t.Helper()
-	return credential{header: k.beamHeaders("--imsi", imsi, "--imei", "860000012345678"), security: secBeamIMSI}
-}
-
-// beamSIM returns Beam signed headers that carry a SIM ID and no IMSI.
-func (k cliCredentials) beamSIM(simID string) credential {
-	k.t.Helper()
-	return credential{header: k.beamHeaders("--sim-id", simID), security: secBeamSIMID}
-}
-
-func (k cliCredentials) beamHeaders(args ...string) map[string]string {
-	k.t.Helper()
-	h := map[string]string{}
-	out := k.run(append([]string{"beam", "--psk-file", k.s.Material.SecretFile(devstack.SecretBeamPSK)}, args...)...)
-	for _, line := range strings.Split(out, "\n") {
-		name, v, ok := strings.Cut(strings.TrimPrefix(line, "-H "), ":")
-		if !ok {
-			k.t.Fatalf("iotprov beam printed %q", line)
-		}
-		h[name] = v
-	}
-	return h
-}
-
-// jwt returns a Bearer token for sub from the stack's dev issuer; args override claims.
-func (k cliCredentials) jwt(sub string, args ...string) credential {
-	k.t.Helper()
-	tok := k.run(append([]string{"jwt", "--key-file", k.s.Material.JWTSigningKeyFile(), "--sub", sub}, args...)...)
-	return credential{header: map[string]string{"Authorization": tok}, security: secJWT}
-}
-
-// bootstrapCert returns a factory certificate with this CN from the stack's manufacturer CA.
-func (k cliCredentials) bootstrapCert(cn string) tls.Certificate {
-	k.t.Helper()
-	dir := k.t.TempDir()
-	certFile, keyFile := filepath.Join(dir, "boot.pem"), filepath.Join(dir, "boot-key.pem")
-	k.run("bootstrap-cert", "--ca-file", k.s.Material.ManufacturerCAFile(), "--cn", cn, "--out-cert", certFile, "--out-key", keyFile)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		k.t.Fatal(err)
-	}
-	return cert
-}
-
-// device adds or changes the device's entry in the policy table (`iotprov devices`).
-func (k cliCredentials) device(verb, deviceID string) {
-	k.t.Helper()
-	k.run("devices", verb, "--connection-string", stackStorage(k.t, k.s), "--id", deviceID)
 }
 
 // TestOpenAPIContract drives the real handler through each case of docs/openapi.yaml,
