@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotprov/iotprov/internal/secrets"
 )
 
 // Setting describes one app setting.
@@ -402,11 +404,12 @@ func (l *loader) claimPath(name string) string {
 	return v
 }
 
-// secretName checks Key Vault's secret-name rules, which the file source shares.
+// secretName checks Key Vault's secret-name rules, which the file source shares, with the
+// sources' own check (secrets.CheckName), so a name accepted here is never refused later.
 func (l *loader) secretName(name string) string {
 	v := l.str(name)
-	if v == "" || len(v) > 127 || strings.Trim(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-") != "" {
-		l.fail(name, "not a Key Vault secret name (1-127 letters, digits, dashes): %q", v)
+	if err := secrets.CheckName(v); err != nil {
+		l.fail(name, "%v", err) // "invalid secret name: ..." with the rule broken
 	}
 	return v
 }

@@ -20,8 +20,18 @@ const maxStaleRetry = 30 * time.Second
 // share one fetch (no thundering herd on Key Vault). After the TTL a value is refetched;
 // if that refetch fails with a transient error and a previous value exists, the stale
 // value is served (and the error logged with slog, without the value) so a Key Vault blip
-// does not stop provisioning. ErrNotFound is never masked by a stale value: a deleted
-// secret is reported as deleted. Fetches() counts calls to the underlying source.
+// does not stop provisioning. While a refetch is in flight, callers other than the one
+// running it get the previous value at once rather than wait for it
+// (stale-while-revalidate): a slow or throttled vault delays one caller per refresh, not
+// all of them. Only callers with no value to fall back on wait. ErrNotFound is never
+// masked by a stale value once the refetch reports it: a deleted secret is reported as
+// deleted. Fetches() counts calls to the underlying source.
+//
+// The caller that starts a refresh runs it on its own context and waits for it, so a
+// rotation or deletion is seen by the first caller after the TTL. The alternative, that
+// caller also serving the old value while a background fetch with a detached, time-bounded
+// context refreshes, would cost a goroutine and a second context policy for a delay that
+// KeyVaultSource's bounded retries already cap at seconds.
 type Cached struct {
 	src     Source
 	ttl     time.Duration
@@ -52,13 +62,15 @@ type fetch struct {
 	// that ran it ended; the waiters' own contexts may still be live, so they retry
 	// instead of inheriting someone else's cancellation.
 	leaderCanceled bool
-	// waiters counts callers sharing this fetch; guarded by Cached.mu. Only tests read it.
+	// waiters counts callers waiting on this fetch (not those served a stale value
+	// meanwhile); guarded by Cached.mu. Only tests read it.
 	waiters int
 }
 
 // NewCached returns a cache over src that keeps each value for ttl. now is the clock
 // (nil means time.Now); tests pass a fake one. A ttl <= 0 caches nothing but still
-// coalesces concurrent fetches.
+// coalesces concurrent fetches (every caller waits for the shared fetch; the previous
+// value is only a fallback when it fails).
 func NewCached(src Source, ttl time.Duration, now func() time.Time) *Cached {
 	if now == nil {
 		now = time.Now
@@ -85,6 +97,15 @@ func (c *Cached) Secret(ctx context.Context, name string) ([]byte, error) {
 			return v, nil
 		}
 		if f := e.inflight; f != nil {
+			if e.hasValue && c.ttl > 0 {
+				// Stale-while-revalidate: the refresh's leader waits for it; everyone
+				// else keeps the previous value until it settles. If the refresh finds
+				// the secret deleted, the entry goes and later callers see ErrNotFound.
+				// A ttl <= 0 promises no caching, so those callers share the fetch.
+				v := bytes.Clone(e.value)
+				c.mu.Unlock()
+				return v, nil
+			}
 			f.waiters++
 			c.mu.Unlock()
 			select {

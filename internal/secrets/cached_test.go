@@ -414,3 +414,223 @@ func TestCachedStaleLogOmitsValue(t *testing.T) {
 		t.Fatalf("log line leaks the secret value: %s", line)
 	}
 }
+
+// gatedSource holds every fetch until the test hands it a result, so each fetch of a
+// test can answer differently (a value, ErrNotFound) at a moment the test chooses.
+type gatedSource struct {
+	fakeSource
+	started chan struct{} // receives once per fetch
+	results chan gatedResult
+}
+
+type gatedResult struct {
+	value string
+	err   error
+}
+
+func newGatedSource() *gatedSource {
+	s := &gatedSource{started: make(chan struct{}, 100), results: make(chan gatedResult)}
+	s.SecretFunc = func(ctx context.Context, name string) ([]byte, error) {
+		s.started <- struct{}{}
+		select {
+		case r := <-s.results:
+			if r.err != nil {
+				return nil, r.err
+			}
+			return []byte(r.value), nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return s
+}
+
+// answer hands the running fetch its result, failing the test if none is running.
+func (s *gatedSource) answer(t *testing.T, value string, err error) {
+	t.Helper()
+	select {
+	case s.results <- gatedResult{value, err}:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no fetch to answer")
+	}
+}
+
+type secretResult struct {
+	v   []byte
+	err error
+}
+
+// secretAsync calls c.Secret in a goroutine; the result arrives on the channel.
+func secretAsync(c *Cached, name string) <-chan secretResult {
+	ch := make(chan secretResult, 1)
+	go func() {
+		v, err := c.Secret(context.Background(), name)
+		ch <- secretResult{v, err}
+	}()
+	return ch
+}
+
+func receive(t *testing.T, ch <-chan secretResult) secretResult {
+	t.Helper()
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(5 * time.Second):
+		t.Fatal("Secret did not return")
+		return secretResult{}
+	}
+}
+
+// secretNow calls c.Secret under a deadline, for calls that must not wait on a fetch only
+// the test can end: were they to wait, they fail with DeadlineExceeded instead of hanging.
+func secretNow(c *Cached, name string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.Secret(ctx, name)
+}
+
+// TestCachedStaleWhileRevalidate: once the TTL has passed, the caller that starts the
+// refresh waits for it, but a slow vault must not hold everyone else: callers that arrive
+// while the refresh runs get the previous value at once. Callers with nothing cached still
+// wait, and a refresh that finds the secret deleted still removes the value.
+func TestCachedStaleWhileRevalidate(t *testing.T) {
+	const ttl = time.Minute
+	// fill caches "v1" for k and leaves the clock past its TTL.
+	fill := func(t *testing.T) (*Cached, *gatedSource) {
+		t.Helper()
+		clock := newFakeClock()
+		src := newGatedSource()
+		c := NewCached(src, ttl, clock.Now)
+		first := secretAsync(c, "k")
+		<-src.started
+		src.answer(t, "v1", nil)
+		if r := receive(t, first); r.err != nil || string(r.v) != "v1" {
+			t.Fatalf("first read: %q, %v", r.v, r.err)
+		}
+		clock.Advance(ttl)
+		return c, src
+	}
+
+	t.Run("ok/callers during a slow refresh get the old value without waiting", func(t *testing.T) {
+		c, src := fill(t)
+		leader := secretAsync(c, "k")
+		<-src.started // the refresh is running and will not end until answered
+		for i := range 10 {
+			v, err := secretNow(c, "k")
+			if err != nil || string(v) != "v1" {
+				t.Fatalf("caller %d during the refresh: %q, %v; want the old v1 at once", i, v, err)
+			}
+		}
+		c.mu.Lock()
+		waiters := c.entries["k"].inflight.waiters
+		c.mu.Unlock()
+		if waiters != 0 {
+			t.Fatalf("waiters on the refresh = %d, want 0", waiters)
+		}
+		if n := c.Fetches(); n != 2 {
+			t.Fatalf("Fetches() = %d, want 2: callers served stale must not start fetches", n)
+		}
+		src.answer(t, "v2", nil)
+		// The leader waited for its own refresh and sees the new value.
+		if r := receive(t, leader); r.err != nil || string(r.v) != "v2" {
+			t.Fatalf("leader: %q, %v; want v2", r.v, r.err)
+		}
+		if v, err := c.Secret(context.Background(), "k"); err != nil || string(v) != "v2" {
+			t.Fatalf("after the refresh: %q, %v; want v2", v, err)
+		}
+		if n := c.Fetches(); n != 2 {
+			t.Fatalf("Fetches() = %d, want 2", n)
+		}
+	})
+
+	t.Run("ok/the stale copy is the caller's own", func(t *testing.T) {
+		c, src := fill(t)
+		leader := secretAsync(c, "k")
+		<-src.started
+		v, err := secretNow(c, "k")
+		if err != nil || string(v) != "v1" {
+			t.Fatalf("during the refresh: %q, %v", v, err)
+		}
+		clear(v) // a caller zeroing key material after use
+		if again, err := secretNow(c, "k"); err != nil || string(again) != "v1" {
+			t.Fatalf("after a caller zeroed its stale copy: %q, %v", again, err)
+		}
+		src.answer(t, "", errTransient)
+		if r := receive(t, leader); r.err != nil || string(r.v) != "v1" {
+			t.Fatalf("leader after a failed refresh: %q, %v; want stale v1", r.v, r.err)
+		}
+	})
+
+	t.Run("ok/caller with no cached value still waits", func(t *testing.T) {
+		src := newGatedSource()
+		c := NewCached(src, ttl, newFakeClock().Now)
+		leader := secretAsync(c, "k")
+		<-src.started
+		waiter := secretAsync(c, "k")
+		waitWaiters(t, c, "k", 1)
+		select {
+		case r := <-waiter:
+			t.Fatalf("caller with nothing cached returned before the fetch: %q, %v", r.v, r.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		src.answer(t, "v1", nil)
+		for _, ch := range []<-chan secretResult{leader, waiter} {
+			if r := receive(t, ch); r.err != nil || string(r.v) != "v1" {
+				t.Fatalf("got %q, %v; want v1", r.v, r.err)
+			}
+		}
+		if n := c.Fetches(); n != 1 {
+			t.Fatalf("Fetches() = %d, want 1", n)
+		}
+	})
+
+	t.Run("ok/zero ttl still coalesces instead of serving the old value", func(t *testing.T) {
+		src := newGatedSource()
+		c := NewCached(src, 0, newFakeClock().Now)
+		first := secretAsync(c, "k")
+		<-src.started
+		src.answer(t, "v1", nil)
+		if r := receive(t, first); r.err != nil || string(r.v) != "v1" {
+			t.Fatalf("first read: %q, %v", r.v, r.err)
+		}
+		leader := secretAsync(c, "k")
+		<-src.started
+		waiter := secretAsync(c, "k")
+		waitWaiters(t, c, "k", 1)
+		src.answer(t, "v2", nil)
+		for _, ch := range []<-chan secretResult{leader, waiter} {
+			if r := receive(t, ch); r.err != nil || string(r.v) != "v2" {
+				t.Fatalf("got %q, %v; want v2 (a ttl of 0 caches nothing)", r.v, r.err)
+			}
+		}
+	})
+
+	t.Run("fail/refresh that finds the secret deleted removes the value", func(t *testing.T) {
+		c, src := fill(t)
+		leader := secretAsync(c, "k")
+		<-src.started
+		// Until the refresh answers, the old value is still served...
+		if v, err := secretNow(c, "k"); err != nil || string(v) != "v1" {
+			t.Fatalf("during the refresh: %q, %v; want v1", v, err)
+		}
+		src.answer(t, "", fmt.Errorf("wrapped: %w", ErrNotFound))
+		if r := receive(t, leader); !errors.Is(r.err, ErrNotFound) || r.v != nil {
+			t.Fatalf("leader: %q, %v; want ErrNotFound", r.v, r.err)
+		}
+		// ...once it has, the value is gone: the next call fetches, and a caller arriving
+		// during that fetch has nothing stale to get, so it waits for the answer.
+		next := secretAsync(c, "k")
+		<-src.started
+		waiter := secretAsync(c, "k")
+		waitWaiters(t, c, "k", 1)
+		src.answer(t, "", fmt.Errorf("wrapped: %w", ErrNotFound))
+		for _, ch := range []<-chan secretResult{next, waiter} {
+			if r := receive(t, ch); !errors.Is(r.err, ErrNotFound) || r.v != nil {
+				t.Fatalf("after the delete: %q, %v; want ErrNotFound", r.v, r.err)
+			}
+		}
+		if n := c.Fetches(); n != 3 {
+			t.Fatalf("Fetches() = %d, want 3", n)
+		}
+	})
+}

@@ -23,7 +23,7 @@ func (s FileSource) Secret(ctx context.Context, name string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := checkName(name); err != nil {
+	if err := CheckName(name); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(filepath.Join(s.Dir, name))

@@ -118,7 +118,7 @@ func TestFileSourceLimits(t *testing.T) {
 	})
 }
 
-// FuzzCheckName holds checkName to its promise: any accepted name is a single path
+// FuzzCheckName holds CheckName to its promise: any accepted name is a single path
 // element inside Dir, within Key Vault's length limit.
 func FuzzCheckName(f *testing.F) {
 	for _, s := range []string{"ca-bundle", "../x", "a/b", "", "..", ".", "a\\b", "a\x00b",
@@ -126,10 +126,10 @@ func FuzzCheckName(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		err := checkName(name)
+		err := CheckName(name)
 		if err != nil {
 			if !errors.Is(err, ErrInvalidName) {
-				t.Fatalf("checkName(%q) = %v, not ErrInvalidName", name, err)
+				t.Fatalf("CheckName(%q) = %v, not ErrInvalidName", name, err)
 			}
 			return
 		}

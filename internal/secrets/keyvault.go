@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azsecrets"
 )
@@ -18,9 +20,24 @@ type KeyVaultSource struct {
 
 var _ Source = (*KeyVaultSource)(nil)
 
+// kvRetry bounds a Key Vault read, as storageconn bounds storage calls: three tries of at
+// most 5 s each with short delays, so a dead or stalled vault is reported in seconds
+// (about 16 s at worst, not counting a token request) rather than minutes. The SDK's
+// defaults (no per-try timeout, Retry-After honoured up to 60 s) would hold the one caller
+// running Cached's refresh for minutes; with MaxRetryDelay at 2 s a longer Retry-After
+// (throttling) ends the read at once, and Cached serves the stale value instead.
+var kvRetry = policy.RetryOptions{
+	MaxRetries:    2,
+	TryTimeout:    5 * time.Second,
+	RetryDelay:    200 * time.Millisecond,
+	MaxRetryDelay: 2 * time.Second,
+}
+
 // NewKeyVaultSource returns a source reading secrets from the vault at vaultURL
-// (https://<name>.vault.azure.net/). opts may be nil; tests pass a transport that trusts
-// their server and DisableChallengeResourceVerification for a loopback vault.
+// (https://<name>.vault.azure.net/). opts may be nil, which means the SDK's defaults
+// except for retries, bounded by kvRetry; tests pass a transport that trusts their server
+// and DisableChallengeResourceVerification for a loopback vault. Non-nil opts are used as
+// given, retries included.
 func NewKeyVaultSource(vaultURL string, cred azcore.TokenCredential, opts *azsecrets.ClientOptions) (*KeyVaultSource, error) {
 	if vaultURL == "" {
 		return nil, errors.New("key vault URL is empty")
@@ -28,11 +45,19 @@ func NewKeyVaultSource(vaultURL string, cred azcore.TokenCredential, opts *azsec
 	if cred == nil {
 		return nil, errors.New("key vault credential is nil")
 	}
-	c, err := azsecrets.NewClient(vaultURL, cred, opts)
+	c, err := azsecrets.NewClient(vaultURL, cred, clientOptions(opts))
 	if err != nil {
 		return nil, fmt.Errorf("key vault client for %s: %w", vaultURL, err)
 	}
 	return &KeyVaultSource{client: c}, nil
+}
+
+// clientOptions returns opts, or when it is nil the SDK's defaults with kvRetry.
+func clientOptions(opts *azsecrets.ClientOptions) *azsecrets.ClientOptions {
+	if opts != nil {
+		return opts
+	}
+	return &azsecrets.ClientOptions{ClientOptions: azcore.ClientOptions{Retry: kvRetry}}
 }
 
 // Secret returns the value of the latest version of name. A 404 from Key Vault (secret
@@ -40,7 +65,7 @@ func NewKeyVaultSource(vaultURL string, cred azcore.TokenCredential, opts *azsec
 // secret or a missing role assignment, is returned as is for the caller to treat as
 // transient, because it can be fixed without restarting the service.
 func (s *KeyVaultSource) Secret(ctx context.Context, name string) ([]byte, error) {
-	if err := checkName(name); err != nil {
+	if err := CheckName(name); err != nil {
 		return nil, err
 	}
 	// An empty version asks Key Vault for the latest one, so a rotation is a new version

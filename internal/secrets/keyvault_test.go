@@ -285,3 +285,33 @@ func TestNewAzureCredential(t *testing.T) {
 		}
 	})
 }
+
+// Production passes nil options; the SDK's default retries (no per-try timeout,
+// Retry-After waits up to 60 s) would let a stalled vault hold a refresh for minutes.
+func TestKeyVaultClientOptions(t *testing.T) {
+	t.Run("ok/nil gets bounded retries", func(t *testing.T) {
+		r := clientOptions(nil).Retry
+		if r.MaxRetries != 2 || r.TryTimeout != 5*time.Second || r.RetryDelay != 200*time.Millisecond ||
+			r.MaxRetryDelay != 2*time.Second {
+			t.Fatalf("retry = %+v, want 2 retries, 5s per try, 200ms-2s delays", r)
+		}
+		// The worst case for a dead vault: every try times out, plus the delays.
+		worst := time.Duration(r.MaxRetries+1)*r.TryTimeout + time.Duration(r.MaxRetries)*r.MaxRetryDelay
+		if worst > 20*time.Second {
+			t.Fatalf("a dead vault could take %s to report", worst)
+		}
+	})
+	t.Run("ok/given options are used as is", func(t *testing.T) {
+		opts := &azsecrets.ClientOptions{}
+		opts.Retry = policy.RetryOptions{MaxRetries: -1}
+		if got := clientOptions(opts); got != opts || got.Retry.MaxRetries != -1 {
+			t.Fatalf("clientOptions changed the caller's options: %+v", got.Retry)
+		}
+	})
+	t.Run("ok/nil options construct a client", func(t *testing.T) {
+		kv := kvtest.NewServer(t)
+		if _, err := NewKeyVaultSource(kv.URL(), kv.Credential(), nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+}

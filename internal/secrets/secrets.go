@@ -30,10 +30,12 @@ type Source interface {
 // maxNameLen is Key Vault's limit on secret names.
 const maxNameLen = 127
 
-// checkName applies Key Vault's secret-name rules (1-127 characters of [0-9a-zA-Z-]).
-// Using the same rules for files means a name that works locally works in Azure, and the
-// alphabet leaves no room for "/", "\\" or "." so a name cannot traverse paths.
-func checkName(name string) error {
+// CheckName applies Key Vault's secret-name rules (1-127 characters of [0-9a-zA-Z-]) and
+// returns an error wrapping ErrInvalidName, on one line, when name breaks them. Using the
+// same rules for files means a name that works locally works in Azure, and the alphabet
+// leaves no room for "/", "\\" or "." so a name cannot traverse paths. The sources call it
+// before any I/O; config calls it so a bad name fails at startup, naming the setting.
+func CheckName(name string) error {
 	if len(name) == 0 || len(name) > maxNameLen {
 		return fmt.Errorf("%w: length %d, want 1-%d", ErrInvalidName, len(name), maxNameLen)
 	}
