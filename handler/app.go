@@ -81,7 +81,7 @@ func newApp(cfg *config.Config, log *slog.Logger) (*app, error) {
 		TableServiceURI:  cfg.Storage.TableServiceURI,
 	}, storageCred)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", config.StorageConnection, err)
+		return nil, err // storageconn's errors name the setting at fault already
 	}
 
 	var src secrets.Source
